@@ -1,0 +1,121 @@
+"""Stage 1, download: the four MNIST files into data/raw, each verified by its pinned sha256.
+
+Sources are tried in order: MNIST_MIRROR (a local folder or an https:// base URL) when
+set, then the public mirrors. A file moves into data/raw only once its checksum matches;
+there is never a fallback to other data.
+"""
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from stages.cli import PipelineError, run
+from stages.files import atomic_path
+from stages.paths import RAW_DIR
+
+CHECKSUMS = Path(__file__).with_name("mnist.sha256")
+PUBLIC_MIRRORS = (
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+TIMEOUT_S = 30
+ATTEMPTS = 3  # per remote source, with a growing pause between them
+
+
+def read_checksums(path: Path = CHECKSUMS) -> dict[str, str]:
+    """Parse a `sha256sum` file into {file name: hex digest}."""
+    checksums = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            digest, name = line.split()
+            checksums[name.lstrip("*")] = digest
+    return checksums
+
+
+def sources(mirror: str | None) -> list[str]:
+    """Base URLs to try, MNIST_MIRROR first; a folder becomes a file:// URL.
+
+    A relative folder is taken from the project root (DVC_ROOT), which is not the working
+    folder when DVC runs an experiment in a temporary copy.
+    """
+    bases = []
+    if mirror:
+        if mirror.startswith("https://"):
+            bases.append(mirror.rstrip("/") + "/")
+        elif "://" in mirror:
+            raise PipelineError(
+                f"MNIST_MIRROR={mirror}: expected a local folder or an https:// URL"
+            )
+        else:
+            folder = Path(os.environ.get("DVC_ROOT", ".")) / mirror
+            bases.append(folder.resolve().as_uri() + "/")
+    return bases + list(PUBLIC_MIRRORS)
+
+
+def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
+    """Fetch one file from one source into `staging`; raise if it fails or does not verify."""
+    from keras.utils import get_file
+
+    if base.startswith("file://"):
+        folder = Path(base.removeprefix("file://"))
+        if not folder.is_dir():
+            raise OSError(f"no such folder {folder}")
+        if not (folder / name).is_file():
+            raise OSError(f"{name} not found in {folder}")
+    attempts = 1 if base.startswith("file://") else ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            return Path(
+                get_file(
+                    fname=name,
+                    origin=base + name,
+                    file_hash=digest,
+                    hash_algorithm="sha256",
+                    cache_dir=str(staging),
+                    cache_subdir=".",
+                )
+            )
+        except ValueError:  # downloaded, but the checksum does not match
+            (staging / name).unlink(missing_ok=True)
+            raise OSError(f"sha256 mismatch (expected {digest})") from None
+        except Exception:
+            if attempt == attempts:
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def download(dest: Path, checksums: dict[str, str], bases: list[str]) -> None:
+    """Fetch every file in `checksums` from the first source that serves it intact."""
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(TIMEOUT_S)
+    try:
+        with atomic_path(Path(dest)) as staging:
+            staging.mkdir()
+            for name, digest in checksums.items():
+                failures = []
+                for base in bases:
+                    try:
+                        _fetch(name, digest, base, staging)
+                        break
+                    except Exception as error:
+                        failures.append(
+                            f"{base}{name}: {str(error).strip() or type(error).__name__}"
+                        )
+                else:
+                    raise PipelineError(
+                        f"could not fetch {name} from any source ({'; '.join(failures)}); "
+                        "set MNIST_MIRROR to a folder or https:// URL holding the MNIST files"
+                    )
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def main() -> None:
+    download(RAW_DIR, read_checksums(), sources(os.environ.get("MNIST_MIRROR")))
+    print(f"download: {len(read_checksums())} files verified in {RAW_DIR}")
+
+
+if __name__ == "__main__":
+    run(main)

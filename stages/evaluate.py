@@ -1,0 +1,69 @@
+"""Stage 4, evaluate: the trained model on the 10,000 test images, touched only here.
+
+Writes metrics/evaluate.json (test accuracy, loss, macro F1), metrics/per_class.csv
+(precision, recall, F1 and support per digit) and metrics/predictions.csv (actual and
+predicted digit per test image, read by DVC's confusion-matrix plot), and logs them to
+the MLflow run that trained the model.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
+
+from stages import tracking
+from stages.cli import PipelineError, run
+from stages.files import load_arrays, write_json, write_text
+from stages.model import CLASSES, load_model
+from stages.paths import MODEL, PER_CLASS, PREDICTIONS, PROCESSED_DIR, RUN_INFO, TEST_METRICS
+
+
+def score(labels: np.ndarray, probabilities: np.ndarray) -> tuple[dict, pd.DataFrame]:
+    """Test metrics and the per-class table from true labels and predicted probabilities."""
+    predicted = probabilities.argmax(axis=1)
+    digits = list(range(CLASSES))
+    metrics = {
+        "test_accuracy": float(accuracy_score(labels, predicted)),
+        "test_loss": float(log_loss(labels, probabilities, labels=digits)),
+        "test_macro_f1": float(f1_score(labels, predicted, average="macro")),
+    }
+    report = classification_report(
+        labels, predicted, labels=digits, output_dict=True, zero_division=0
+    )
+    per_class = pd.DataFrame([report[str(d)] for d in digits]).rename(columns={"f1-score": "f1"})
+    per_class.insert(0, "digit", digits)
+    per_class["support"] = per_class["support"].astype(int)
+    return metrics, per_class
+
+
+def evaluate() -> dict:
+    if not MODEL.is_file():
+        raise PipelineError(f"{MODEL}: missing; run `dvc repro train` to build it")
+    model = load_model(MODEL)
+    arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])
+    labels = arrays["y_test"]
+    if labels.ndim == 2:  # one-hot
+        labels = labels.argmax(axis=1)
+    probabilities = model.predict(arrays["x_test"], batch_size=1000, verbose=0)
+    metrics, per_class = score(labels, probabilities)
+    predictions = pd.DataFrame({"actual": labels, "predicted": probabilities.argmax(axis=1)})
+
+    write_json(TEST_METRICS, metrics)
+    write_text(PER_CLASS, per_class.to_csv(index=False))
+    write_text(PREDICTIONS, predictions.to_csv(index=False))
+    run_id = json.loads(RUN_INFO.read_text())["mlflow_run_id"]
+    tracking.log_evaluation(run_id, metrics, [TEST_METRICS, PER_CLASS])
+    print(
+        f"evaluate: test_accuracy {metrics['test_accuracy']:.4f}, "
+        f"test_loss {metrics['test_loss']:.4f}"
+    )
+    return metrics
+
+
+def main() -> None:
+    evaluate()
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,76 @@
+"""The network, its optimizer, and how it is saved and loaded.
+
+A dense (fully connected) classifier: 784 pixels -> hidden Dense layers (each followed by
+dropout when train.dropout > 0) -> 10 softmax outputs. Everything comes from params.yaml.
+"""
+
+import json
+import zipfile
+from pathlib import Path
+
+import keras
+
+from stages.files import atomic_path
+from stages.params import TrainParams
+
+PIXELS = 784
+CLASSES = 10
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
+
+
+def build_model(params: TrainParams) -> keras.Sequential:
+    model = keras.Sequential(name="mnist_dense")
+    model.add(keras.Input(shape=(PIXELS,), name="pixels"))
+    for number, units in enumerate(params.hidden_units, start=1):
+        # explicit names: Keras' automatic ones count up per process, changing the saved bytes
+        model.add(keras.layers.Dense(units, activation=params.activation, name=f"hidden_{number}"))
+        if params.dropout > 0:
+            model.add(keras.layers.Dropout(params.dropout, name=f"dropout_{number}"))
+    model.add(keras.layers.Dense(CLASSES, activation="softmax", name="digit"))
+    return model
+
+
+def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    learning_rate = params.learning_rate
+    if params.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            params.learning_rate, decay_steps=params.epochs * steps_per_epoch
+        )
+    return OPTIMIZERS[params.optimizer](
+        learning_rate=learning_rate,
+        weight_decay=params.weight_decay or None,
+        name=params.optimizer,
+    )
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save as .keras with reproducible bytes: the same weights give the same file.
+
+    Keras stamps the save time into metadata.json and the weights' zip entry; both are
+    dropped here so DVC's hash of the model changes only when the model does.
+    """
+    with atomic_path(Path(path)) as temp:
+        model.save(temp)
+        with zipfile.ZipFile(temp) as archive:
+            entries = [(info, archive.read(info)) for info in archive.infolist()]
+        with zipfile.ZipFile(temp, "w") as archive:
+            for info, data in entries:
+                if info.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata).encode()
+                fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
+                fixed.compress_type = info.compress_type
+                fixed.external_attr = info.external_attr
+                archive.writestr(fixed, data)
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a .keras model in safe mode: no arbitrary code from the file runs."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

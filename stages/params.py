@@ -1,0 +1,130 @@
+"""params.yaml: every hyperparameter, validated before any work starts.
+
+Each section is a strict schema: an unknown key, a wrong type, a value out of range or an
+incompatible combination stops the stage with one line naming the key and what is allowed.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.cli import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PreprocessParams(_Section):
+    val_fraction: float = Field(gt=0, lt=1)
+    split: Literal["stratified", "tail"]
+    seed: int = Field(ge=0)
+    labels: Literal["integer", "onehot"]
+
+
+class TrainParams(_Section):
+    hidden_units: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    activation: Literal["relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid"]
+    dropout: float = Field(ge=0, lt=1)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    lr_schedule: Literal["constant", "cosine"]
+    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"]
+    batch_size: int = Field(gt=0)
+    epochs: int = Field(gt=0)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _adamw_decays(self) -> "TrainParams":
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            raise ValueError("train.optimizer=adamw needs train.weight_decay > 0, got 0")
+        return self
+
+
+class TrackingParams(_Section):
+    enabled: bool
+    experiment: str = Field(min_length=1)
+
+
+class Params(_Section):
+    preprocess: PreprocessParams
+    train: TrainParams
+    tracking: TrackingParams
+
+    @model_validator(mode="after")
+    def _labels_match_loss(self) -> "Params":
+        expected = {
+            "integer": "sparse_categorical_crossentropy",
+            "onehot": "categorical_crossentropy",
+        }[self.preprocess.labels]
+        if self.train.loss != expected:
+            raise ValueError(
+                f"preprocess.labels={self.preprocess.labels} needs train.loss={expected}, "
+                f"got train.loss={self.train.loss}"
+            )
+        return self
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed at the level of `loc` (the path of an offending key)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict) -> str:
+    loc = error["loc"]
+    key = ".".join(str(part) for part in loc) or "top level"
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        prefix = ".".join(str(part) for part in loc[:-1])
+        if close:
+            return (
+                f"unknown key '{key}' (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)"
+            )
+        return f"unknown key '{key}' (known: {', '.join(known)})"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    if error["type"] == "value_error":  # our own validators: the message says it all
+        return error["msg"].removeprefix("Value error, ")
+    return f"{key}: {error['msg'].lower()}, got {error['input']!r}"
+
+
+def parse_params(data: object, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate a loaded params mapping; raise PipelineError naming each bad key."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(_describe(e) for e in error.errors())
+        raise PipelineError(f"{source}: {problems}") from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run from the project root") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid syntax"
+        raise PipelineError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_params(data, str(path))
+
+
+def flatten(params: Params) -> dict[str, object]:
+    """`{'train.epochs': 20, ...}`: the same keys `dvc exp run -S` and MLflow use."""
+    flat = {}
+    for section, values in params.model_dump().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat

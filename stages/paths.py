@@ -1,0 +1,16 @@
+"""Where each stage reads and writes, relative to the project root (DVC runs stages there).
+
+dvc.yaml declares the same paths as each stage's deps and outs.
+"""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+MODEL = Path("models/model.keras")
+HISTORY = Path("metrics/history.csv")
+TRAIN_METRICS = Path("metrics/train.json")
+RUN_INFO = Path("metrics/run.json")
+TEST_METRICS = Path("metrics/evaluate.json")
+PER_CLASS = Path("metrics/per_class.csv")
+PREDICTIONS = Path("metrics/predictions.csv")

@@ -1,0 +1,93 @@
+"""Stage 2, preprocess: IDX files -> validated, scaled, split NumPy arrays in data/processed.
+
+Pixels become float32 in [0, 1], flattened to 784. A validation set is split off the
+60,000 training images, either stratified by class (seeded) or, to mirror Keras'
+`validation_split`, as the last images in file order. Labels are integers or one-hot.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from stages.cli import PipelineError, run
+from stages.files import save_arrays
+from stages.idx import read_idx
+from stages.params import PreprocessParams, load_params
+from stages.paths import PROCESSED_DIR, RAW_DIR
+
+SIDE = 28
+CLASSES = 10
+
+
+def load_images_and_labels(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read `<prefix>-images-idx3-ubyte.gz` and its labels; check they belong together."""
+    images_path = raw_dir / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = raw_dir / f"{prefix}-labels-idx1-ubyte.gz"
+    images = read_idx(images_path, (None, SIDE, SIDE))
+    labels = read_idx(labels_path, (None,))
+    if len(images) != len(labels):
+        raise PipelineError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+        )
+    if len(labels) == 0:
+        raise PipelineError(f"{labels_path}: holds no labels")
+    if labels.max() >= CLASSES:
+        raise PipelineError(f"{labels_path}: label {labels.max()} is not a digit 0-9")
+    return images, labels
+
+
+def split_indices(labels: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation images."""
+    count = len(labels)
+    if params.split == "tail":  # exactly what keras' Model.fit(validation_split=...) holds out
+        split_at = math.ceil(count * (1 - params.val_fraction))
+        return np.arange(split_at), np.arange(split_at, count)
+    try:
+        return train_test_split(
+            np.arange(count),
+            test_size=params.val_fraction,
+            stratify=labels,
+            random_state=params.seed,
+        )
+    except ValueError as error:  # too few images of a class to stratify
+        raise PipelineError(f"preprocess.val_fraction={params.val_fraction}: {error}") from None
+
+
+def scale(images: np.ndarray) -> np.ndarray:
+    """uint8 (n, 28, 28) -> float32 (n, 784) in [0, 1]."""
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
+def encode(labels: np.ndarray, encoding: str) -> np.ndarray:
+    if encoding == "onehot":
+        return np.eye(CLASSES, dtype=np.float32)[labels]
+    return labels.astype(np.uint8)
+
+
+def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
+    """Build and write the six arrays x/y_{train,val,test}; return them."""
+    images, labels = load_images_and_labels(RAW_DIR, "train")
+    test_images, test_labels = load_images_and_labels(RAW_DIR, "t10k")
+    train_idx, val_idx = split_indices(labels, params)
+    arrays = {
+        "x_train": scale(images[train_idx]),
+        "y_train": encode(labels[train_idx], params.labels),
+        "x_val": scale(images[val_idx]),
+        "y_val": encode(labels[val_idx], params.labels),
+        "x_test": scale(test_images),
+        "y_test": encode(test_labels, params.labels),
+    }
+    save_arrays(PROCESSED_DIR, arrays)
+    return arrays
+
+
+def main() -> None:
+    arrays = preprocess(load_params().preprocess)
+    sizes = ", ".join(f"{name} {array.shape}" for name, array in arrays.items())
+    print(f"preprocess: wrote {PROCESSED_DIR}: {sizes}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,83 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from stages.idx import IdxError, read_idx
+from tests.conftest import idx_bytes, write_idx
+
+
+def write_raw(path, payload: bytes):
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    return path
+
+
+def test_round_trip(tmp_path):
+    images = np.arange(3 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(3, 28, 28)
+    write_idx(tmp_path / "images.gz", images)
+    parsed = read_idx(tmp_path / "images.gz", (None, 28, 28))
+    assert parsed.dtype == np.uint8 and parsed.shape == (3, 28, 28)
+    assert np.array_equal(parsed, images)
+
+
+def test_wrong_magic_number(tmp_path):
+    path = write_raw(tmp_path / "x.gz", b"\x00\x00\x0d\x03" + struct.pack(">3I", 1, 28, 28))
+    with pytest.raises(IdxError, match=r"x.gz: wrong magic number 0x00000d03, expected 0x00000803"):
+        read_idx(path, (None, 28, 28))
+
+
+def test_labels_file_where_images_are_expected(tmp_path):
+    write_idx(tmp_path / "labels.gz", np.zeros(5, np.uint8))
+    with pytest.raises(IdxError, match=r"wrong magic number"):
+        read_idx(tmp_path / "labels.gz", (None, 28, 28))
+
+
+def test_wrong_dimensions(tmp_path):
+    write_idx(tmp_path / "x.gz", np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(IdxError, match=r"x.gz: dimension 1 is 32, expected 28"):
+        read_idx(tmp_path / "x.gz", (None, 28, 28))
+
+
+def test_truncated_data(tmp_path):
+    payload = idx_bytes(np.zeros((4, 28, 28), np.uint8))[:-100]
+    path = write_raw(tmp_path / "x.gz", payload)
+    with pytest.raises(IdxError, match=r"truncated, header promises 3136 values"):
+        read_idx(path, (None, 28, 28))
+
+
+def test_trailing_data(tmp_path):
+    path = write_raw(tmp_path / "x.gz", idx_bytes(np.zeros(4, np.uint8)) + b"extra")
+    with pytest.raises(IdxError, match=r"unexpected data after"):
+        read_idx(path, (None,))
+
+
+def test_truncated_gzip_stream(tmp_path):
+    write_idx(tmp_path / "x.gz", np.full((50, 28, 28), 7, np.uint8))
+    data = (tmp_path / "x.gz").read_bytes()
+    (tmp_path / "x.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IdxError, match=r"x.gz: not a valid gzip file"):
+        read_idx(tmp_path / "x.gz", (None, 28, 28))
+
+
+def test_not_gzip(tmp_path):
+    (tmp_path / "x.gz").write_bytes(b"this is not gzip at all")
+    with pytest.raises(IdxError, match=r"not a valid gzip file"):
+        read_idx(tmp_path / "x.gz", (None,))
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "x.gz").write_bytes(b"")
+    with pytest.raises(IdxError, match=r"x.gz: empty file"):
+        read_idx(tmp_path / "x.gz", (None,))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(IdxError, match=r"x.gz: missing"):
+        read_idx(tmp_path / "x.gz", (None,))
+
+
+def test_header_claiming_a_trillion_images_is_rejected_before_reading(tmp_path):
+    path = write_raw(tmp_path / "x.gz", b"\x00\x00\x08\x03" + struct.pack(">3I", 10**9, 28, 28))
+    with pytest.raises(IdxError, match=r"more than a file of this size can hold"):
+        read_idx(path, (None, 28, 28))

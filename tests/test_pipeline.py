@@ -1,0 +1,141 @@
+"""End to end: the real dvc.yaml on tiny data in a throwaway copy of the project."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, write_params
+
+BIN = Path(sys.executable).parent
+
+
+def sh(*args: str, cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_mirror) -> tuple[Path, dict]:
+    """A git + DVC copy of this project whose download stage points at tiny data."""
+    mirror, checksums = tiny_mirror
+    project = tmp_path_factory.mktemp("project")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "dvc.lock")):
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    (project / "stages" / "mnist.sha256").write_text(
+        "".join(f"{digest}  {name}\n" for name, digest in checksums.items())
+    )
+    write_params(project, tracking={"enabled": True, "experiment": "e2e"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "MNIST_MIRROR": str(mirror)}
+    env |= {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    sh("git", "init", "-q", "-b", "main", cwd=project, env=env)
+    sh("git", "add", "-A", cwd=project, env=env)
+    sh("git", "commit", "-q", "-m", "copy", cwd=project, env=env)
+    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    return project, env
+
+
+def runs(project: Path) -> list:
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_repro_writes_metrics_and_lock(project):
+    project, _ = project
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert 0.5 < metrics["test_accuracy"] <= 1.0
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert list(lock["stages"]) == ["download", "preprocess", "train", "evaluate"]
+    train_outs = {out["path"]: out for out in lock["stages"]["train"]["outs"]}
+    assert set(train_outs) == {
+        "models/model.keras",
+        "metrics/train.json",
+        "metrics/run.json",
+        "metrics/history.csv",
+    }
+    assert all(len(out["md5"]) == 32 for out in train_outs.values())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 3
+    raw = lock["stages"]["download"]["outs"][0]
+    assert raw["path"] == "data/raw" and raw["nfiles"] == 4
+
+
+def test_mlflow_run_holds_params_curves_test_metrics_and_model(project, monkeypatch):
+    project, _ = project
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = runs(project)[:1]
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert run.data.params["train.epochs"] == "3"
+    assert run.data.params["train.hidden_units"] == "[32]"
+    assert run.data.params["preprocess.split"] == "stratified"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3]
+    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluate["test_accuracy"])
+    assert run.data.metrics["test_loss"] == pytest.approx(evaluate["test_loss"])
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True
+    ).stdout.strip()
+    assert run.data.tags["git.commit"] == head
+    assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.metadata.signature is not None
+    run_info = json.loads((project / "metrics" / "run.json").read_text())
+    assert run_info["mlflow_run_id"] == run.info.run_id
+
+
+def test_second_repro_is_a_no_op(project):
+    project, env = project
+    out = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    assert "Data and pipelines are up to date." in out
+
+
+def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
+    project, env = project
+    sh(
+        str(BIN / "dvc"),
+        "exp",
+        "run",
+        "-S",
+        "train.epochs=1",
+        "-n",
+        "one-epoch",
+        cwd=project,
+        env=env,
+    )
+    shown = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=project, env=env))
+    experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+    (exp,) = [e for e in experiments if e["name"] == "one-epoch"]
+    data = exp["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
+    accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
+    all_runs = runs(project)
+    assert len(all_runs) == 2
+    latest = all_runs[-1]
+    assert latest.data.tags["dvc.exp_name"] == "one-epoch"
+    assert latest.info.run_name == "one-epoch"
+    assert latest.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+    assert latest.data.params["train.epochs"] == "1"

@@ -1,0 +1,133 @@
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.evaluate import evaluate, score
+from stages.model import build_model, load_model, make_optimizer
+from stages.params import load_params, parse_params
+from stages.paths import (
+    HISTORY,
+    MODEL,
+    PER_CLASS,
+    PREDICTIONS,
+    RUN_INFO,
+    TEST_METRICS,
+    TRAIN_METRICS,
+)
+from stages.preprocess import preprocess
+from stages.train import train
+from tests.conftest import tiny_params, write_params
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def processed(workdir):
+    preprocess(load_params().preprocess)
+    return workdir
+
+
+def test_model_follows_params():
+    params = parse_params(tiny_params(train={"hidden_units": [64, 16], "dropout": 0.25})).train
+    model = build_model(params)
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
+    assert [layer.units for layer in dense] == [64, 16, 10]
+    assert [layer.rate for layer in model.layers if hasattr(layer, "rate")] == [0.25, 0.25]
+    assert model.count_params() == 784 * 64 + 64 + 64 * 16 + 16 + 16 * 10 + 10
+    no_dropout = build_model(parse_params(tiny_params(train={"dropout": 0.0})).train)
+    assert not any(hasattr(layer, "rate") for layer in no_dropout.layers)
+
+
+@pytest.mark.parametrize(
+    ("name", "keras_class"),
+    [("adam", "Adam"), ("sgd", "SGD"), ("rmsprop", "RMSprop"), ("adamw", "AdamW")],
+)
+def test_optimizer_follows_params(name, keras_class):
+    params = parse_params(
+        tiny_params(train={"optimizer": name, "learning_rate": 0.05, "weight_decay": 0.01})
+    ).train
+    optimizer = make_optimizer(params, steps_per_epoch=10)
+    assert type(optimizer).__name__ == keras_class
+    assert float(optimizer.learning_rate) == pytest.approx(0.05)
+    assert optimizer.weight_decay == pytest.approx(0.01)
+
+
+def test_cosine_schedule_decays_to_zero():
+    params = parse_params(tiny_params(train={"lr_schedule": "cosine", "epochs": 4})).train
+    schedule = make_optimizer(params, steps_per_epoch=10).learning_rate
+    optimizer = make_optimizer(params, steps_per_epoch=10)
+    assert float(optimizer._learning_rate(0)) == pytest.approx(0.01)
+    assert float(optimizer._learning_rate(40)) == pytest.approx(0.0, abs=1e-9)
+    assert schedule is not None
+
+
+def test_train_writes_model_history_and_metrics(processed):
+    train(load_params())
+    history = pd.read_csv(HISTORY)
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    final = json.loads(TRAIN_METRICS.read_text())
+    assert final["epochs"] == 3 and final["val_accuracy"] == history["val_accuracy"].iloc[-1]
+    assert final["val_accuracy"] > 0.5  # chance is 0.1
+    assert json.loads(RUN_INFO.read_text())["mlflow_run_id"] is None  # tracking off
+    assert load_model(MODEL).output_shape == (None, 10)
+
+
+def test_training_is_bit_for_bit_reproducible(processed):
+    train(load_params())
+    first = {path: sha256(path) for path in (MODEL, HISTORY, TRAIN_METRICS)}
+    weights = [w.copy() for w in load_model(MODEL).get_weights()]
+    train(load_params())
+    assert {path: sha256(path) for path in (MODEL, HISTORY, TRAIN_METRICS)} == first
+    assert all(
+        np.array_equal(a, b) for a, b in zip(weights, load_model(MODEL).get_weights(), strict=True)
+    )
+
+
+def test_another_seed_gives_other_weights(processed):
+    train(load_params())
+    first = sha256(MODEL)
+    write_params(processed, train={"seed": 1})
+    train(load_params())
+    assert sha256(MODEL) != first
+
+
+def test_evaluate_scores_the_model_on_the_test_set(processed):
+    train(load_params())
+    metrics = evaluate()
+    assert json.loads(TEST_METRICS.read_text()) == metrics
+    assert set(metrics) == {"test_accuracy", "test_loss", "test_macro_f1"}
+    assert 0.5 < metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
+    per_class = pd.read_csv(PER_CLASS)
+    assert per_class["digit"].tolist() == list(range(10))
+    assert per_class["support"].sum() == 100
+    predictions = pd.read_csv(PREDICTIONS)
+    assert list(predictions.columns) == ["actual", "predicted"] and len(predictions) == 100
+    assert (predictions["actual"] == predictions["predicted"]).mean() == metrics["test_accuracy"]
+
+
+def test_onehot_labels_train_and_evaluate(workdir):
+    write_params(
+        workdir, preprocess={"labels": "onehot"}, train={"loss": "categorical_crossentropy"}
+    )
+    preprocess(load_params().preprocess)
+    train(load_params())
+    assert evaluate()["test_accuracy"] > 0.5
+
+
+def test_score_on_known_predictions():
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.full((4, 10), 0.01, np.float32)
+    probabilities[np.arange(4), [0, 1, 2, 1]] = 0.91
+    metrics, per_class = score(labels, probabilities)
+    assert metrics["test_accuracy"] == 0.75
+    assert metrics["test_loss"] == pytest.approx(
+        -np.log(0.91) * 0.75 - np.log(0.01) * 0.25, rel=1e-5
+    )
+    assert per_class.loc[2, "recall"] == 0.5 and per_class.loc[1, "precision"] == 0.5
