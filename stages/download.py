@@ -86,6 +86,14 @@ def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+def _reason(error: Exception) -> str:
+    """The useful part of a fetch error (get_file wraps it as 'URL fetch failure on ...')."""
+    message = str(error).strip() or type(error).__name__
+    if message.startswith("URL fetch failure on "):
+        message = message.split(" -- ", 1)[-1]
+    return message
+
+
 def download(dest: Path, checksums: dict[str, str], bases: list[str]) -> None:
     """Fetch every file in `checksums` from the first source that serves it intact."""
     previous_timeout = socket.getdefaulttimeout()
@@ -99,10 +107,8 @@ def download(dest: Path, checksums: dict[str, str], bases: list[str]) -> None:
                     try:
                         _fetch(name, digest, base, staging)
                         break
-                    except Exception as error:
-                        failures.append(
-                            f"{base}{name}: {str(error).strip() or type(error).__name__}"
-                        )
+                    except Exception as error:  # every failure is reported below
+                        failures.append(f"{base}{name}: {_reason(error)}")
                 else:
                     raise PipelineError(
                         f"could not fetch {name} from any source ({'; '.join(failures)}); "
