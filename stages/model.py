@@ -52,8 +52,9 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
 def save_model(model: keras.Model, path: Path) -> None:
     """Save as .keras with reproducible bytes: the same weights give the same file.
 
-    Keras stamps the save time into metadata.json and the weights' zip entry; both are
-    dropped here so DVC's hash of the model changes only when the model does.
+    Keras stamps the save time into metadata.json and the zip entries, and numbers shared
+    objects in config.json by their memory address; here the times are dropped and the
+    numbers made sequential, so DVC's hash of the model changes only when the model does.
     """
     with atomic_path(Path(path)) as temp:
         model.save(temp)
@@ -65,10 +66,26 @@ def save_model(model: keras.Model, path: Path) -> None:
                     metadata = json.loads(data)
                     metadata.pop("date_saved", None)
                     data = json.dumps(metadata).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_number_shared_objects(json.loads(data), {})).encode()
                 fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
                 fixed.compress_type = info.compress_type
                 fixed.external_attr = info.external_attr
                 archive.writestr(fixed, data)
+
+
+def _number_shared_objects(node: object, numbers: dict[int, int]) -> object:
+    """Replace each `shared_object_id` (an address) by 1, 2, ... in order of appearance."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "shared_object_id":
+                node[key] = numbers.setdefault(value, len(numbers) + 1)
+            else:
+                _number_shared_objects(value, numbers)
+    elif isinstance(node, list):
+        for item in node:
+            _number_shared_objects(item, numbers)
+    return node
 
 
 def load_model(path: Path) -> keras.Model:
