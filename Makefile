@@ -2,6 +2,7 @@
 # make test  - the test suite
 # make ui    - MLflow UI on http://127.0.0.1:5000 for this project's runs
 # make lint  - ruff
+# make verify-repro - re-run preprocess, train, evaluate in a scratch copy; compare with dvc.lock
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 UI_PORT ?= 5000
 
-.PHONY: run test ui lint venv
+.PHONY: run test ui lint venv verify-repro
 
 venv: $(STAMP)
 
@@ -32,3 +33,6 @@ ui: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+verify-repro: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/verify_repro.py

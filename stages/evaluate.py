@@ -7,7 +7,9 @@ the MLflow run that trained the model.
 """
 
 import json
+from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
@@ -37,10 +39,27 @@ def score(labels: np.ndarray, probabilities: np.ndarray) -> tuple[dict, pd.DataF
     return metrics, per_class
 
 
+def _training_run_id() -> str | None:
+    try:
+        return json.loads(RUN_INFO.read_text())["mlflow_run_id"]
+    except (OSError, ValueError, KeyError):
+        raise PipelineError(f"{RUN_INFO}: missing or unreadable; run `dvc repro train`") from None
+
+
+def _load(path: Path) -> keras.Model:
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run `dvc repro train` to build it")
+    try:
+        return load_model(path)
+    except Exception as error:  # Keras raises many kinds for a damaged file
+        raise PipelineError(f"{path}: not a loadable Keras model ({error})") from None
+
+
 def evaluate() -> dict:
-    if not MODEL.is_file():
-        raise PipelineError(f"{MODEL}: missing; run `dvc repro train` to build it")
-    model = load_model(MODEL)
+    run_id = _training_run_id()
+    if run_id:
+        tracking.connect()  # an unreachable tracking server fails now, before the work
+    model = _load(MODEL)
     arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])
     labels = arrays["y_test"]
     if labels.ndim == 2:  # one-hot
@@ -52,7 +71,6 @@ def evaluate() -> dict:
     write_json(TEST_METRICS, metrics)
     write_text(PER_CLASS, per_class.to_csv(index=False))
     write_text(PREDICTIONS, predictions.to_csv(index=False))
-    run_id = json.loads(RUN_INFO.read_text())["mlflow_run_id"]
     tracking.log_evaluation(run_id, metrics, [TEST_METRICS, PER_CLASS])
     print(
         f"evaluate: test_accuracy {metrics['test_accuracy']:.4f}, "

@@ -26,15 +26,34 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of `path` left by a process that was killed (SIGKILL) mid-write."""
+    for temp in Path(path).parent.glob(f"{TEMP_PREFIX}*-{Path(path).name}"):
+        pid = temp.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(temp)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; move it to `path` only if the block succeeds.
 
-    The temporary name keeps the file's suffix, so writers that insist on one (Keras,
-    NumPy) accept it. Works for a file or a folder.
+    The temporary name (`.tmp-<pid>-<name>`) keeps the file's suffix, so writers that insist
+    on one (Keras, NumPy) accept it. Works for a file or a folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
     _remove(temp)
     try:

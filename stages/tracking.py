@@ -5,8 +5,14 @@ unless MLFLOW_TRACKING_URI says otherwise. The project root is DVC_ROOT when DVC
 experiments that DVC runs in a temporary copy still land in the real project's store.
 """
 
+import hashlib
+import json
 import os
+import platform
+import shlex
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +22,14 @@ import mlflow
 import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
+import yaml
 from mlflow.exceptions import MlflowException
 
+from stages.cli import PipelineError
 from stages.params import Params, flatten
+
+PROBE_TIMEOUT_S = 5
+LOCK_FILE = Path("dvc.lock")
 
 
 def project_root() -> Path:
@@ -27,6 +38,24 @@ def project_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def connect() -> str:
+    """Point MLflow at the store; an unreachable server fails now, in seconds, not mid-run."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S)
+        except urllib.error.HTTPError:
+            pass  # it answered: reachable
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise PipelineError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+                "MLFLOW_TRACKING_URI, or set tracking.enabled: false in params.yaml"
+            ) from None
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def _is_local_store(uri: str) -> bool:
@@ -55,9 +84,51 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip()
 
 
-def run_tags() -> dict[str, str]:
-    """Tags that tie a run to the code and the DVC experiment that produced it."""
-    tags = {}
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def reproduce_command(params: Params) -> str:
+    """`dvc exp run -S ...` setting every param to this run's value."""
+    overrides = []
+    for key, value in flatten(params).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        overrides += ["-S", f"{key}={text}"]
+    return shlex.join(["dvc", "exp", "run", *overrides])
+
+
+def lock_hashes(stages: tuple[str, ...] = ("download", "preprocess")) -> dict[str, str]:
+    """{output path: md5} of the given stages, as recorded in dvc.lock (empty without one)."""
+    try:
+        lock = yaml.safe_load(LOCK_FILE.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    stages_in_lock = lock.get("stages", {})
+    return {
+        out["path"]: out["md5"]
+        for stage in stages
+        for out in stages_in_lock.get(stage, {}).get("outs", [])
+    }
+
+
+def run_tags(params: Params) -> dict[str, str]:
+    """What a run needs to be reproduced: code, data, environment and the exact command."""
+    tags = {
+        "reproduce.command": reproduce_command(params),
+        "env.python": platform.python_version(),
+        "env.tensorflow": tf.__version__,
+        "env.keras": keras.__version__,
+        "env.numpy": np.__version__,
+        "env.platform": platform.platform(),
+        "env.cpu": _cpu(),
+        "env.cpu_count": str(os.cpu_count()),
+    }
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -69,6 +140,8 @@ def run_tags() -> dict[str, str]:
     ):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
+    for path, md5 in lock_hashes().items():
+        tags[f"dvc.md5.{path}"] = md5
     return tags
 
 
@@ -78,12 +151,15 @@ def training_run(params: Params) -> Iterator[str | None]:
     if not params.tracking.enabled:
         yield None
         return
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment_id = _experiment_id(params.tracking.experiment)
+    uri = connect()
+    try:
+        experiment_id = _experiment_id(params.tracking.experiment)
+    except MlflowException as error:
+        raise PipelineError(f"MLflow store {uri}: {error.message}") from None
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=os.environ.get("DVC_EXP_NAME") or None,
-        tags=run_tags(),
+        tags=run_tags(params),
     ) as run:
         mlflow.log_params(flatten(params))
         yield run.info.run_id
@@ -97,11 +173,21 @@ class EpochLogger(keras.callbacks.Callback):
             mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
 
 
-def log_training(model: keras.Model, example: np.ndarray, seconds: float) -> None:
-    """Log the wall time and the model, with a signature and input example for serving."""
+def file_md5(path: Path) -> str:
+    """The md5 DVC records for a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_training(model: keras.Model, model_path: Path, example: np.ndarray, seconds: float) -> None:
+    """Log the wall time, the model file's md5 and the model, with a signature and example."""
     from mlflow.models import infer_signature
 
     mlflow.log_metric("train_seconds", seconds)
+    mlflow.set_tag(f"dvc.md5.{model_path}", file_md5(model_path))
     signature = infer_signature(example, model.predict(example, verbose=0))
     keras.config.disable_interactive_logging()  # MLflow's own predict() would draw progress bars
     # mlflow.tensorflow handles Keras 3 models; mlflow.keras fails with an input example
@@ -116,16 +202,18 @@ def log_training(model: keras.Model, example: np.ndarray, seconds: float) -> Non
 
 
 def log_evaluation(run_id: str | None, metrics: dict[str, float], artifacts: list[Path]) -> None:
-    """Add the test figures to the training's run; warn (not fail) if that run is gone."""
+    """Add the test figures to the training's run; warn (not fail) if that run is gone.
+
+    Call connect() first.
+    """
     if run_id is None:
         return
-    mlflow.set_tracking_uri(tracking_uri())
     try:
         mlflow.get_run(run_id)
     except MlflowException:
         print(
-            f"warning: MLflow run {run_id} is not in {tracking_uri()}; test metrics not "
-            "logged there (`dvc repro -f train` starts a new run)"
+            f"warning: MLflow run {run_id} is not in {mlflow.get_tracking_uri()}; test metrics "
+            "not logged there (`dvc repro -f train` starts a new run)"
         )
         return
     with mlflow.start_run(run_id=run_id):

@@ -13,7 +13,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stages import tracking
-from stages.cli import run
+from stages.cli import raise_if_interrupted, run
 from stages.files import load_arrays, write_json, write_text
 from stages.model import build_model, make_optimizer, save_model
 from stages.params import Params, load_params
@@ -21,6 +21,16 @@ from stages.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
 
 HISTORY_COLUMNS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 STEPS_PER_EXECUTION = 50  # fewer Python round trips per epoch; the same arithmetic
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Stop training on Ctrl-C or SIGTERM even if TensorFlow swallowed the interrupt."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_if_interrupted()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        raise_if_interrupted()
 
 
 def make_deterministic(seed: int) -> None:
@@ -60,7 +70,7 @@ def train(params: Params) -> keras.Model:
     arrays = load_arrays(PROCESSED_DIR, ["x_train", "y_train", "x_val", "y_val"])
     with tracking.training_run(params) as run_id:
         started = time.perf_counter()
-        callbacks = [tracking.EpochLogger()] if run_id else []
+        callbacks = [StopOnSignal(), *([tracking.EpochLogger()] if run_id else [])]
         model, history = fit(params, arrays, callbacks)
         seconds = time.perf_counter() - started
         save_model(model, MODEL)
@@ -72,7 +82,7 @@ def train(params: Params) -> keras.Model:
             | {"epochs": int(final["epoch"])},
         )
         if run_id:
-            tracking.log_training(model, arrays["x_val"][:2], seconds)
+            tracking.log_training(model, MODEL, arrays["x_val"][:2], seconds)
         write_json(RUN_INFO, {"mlflow_run_id": run_id, "train_seconds": round(seconds, 2)})
     print(
         f"train: {len(history)} epochs in {seconds:.1f} s, "

@@ -1,10 +1,16 @@
+import contextlib
 import gzip
+import io
+import math
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stages.idx import IdxError, read_idx
+from stages.idx import CHUNK, DEFLATE_MAX_RATIO, IdxError, parse_idx, read_idx
 from tests.conftest import idx_bytes, write_idx
 
 
@@ -81,3 +87,50 @@ def test_header_claiming_a_trillion_images_is_rejected_before_reading(tmp_path):
     path = write_raw(tmp_path / "x.gz", b"\x00\x00\x08\x03" + struct.pack(">3I", 10**9, 28, 28))
     with pytest.raises(IdxError, match=r"more than a file of this size can hold"):
         read_idx(path, (None, 28, 28))
+
+
+# Fuzzing: whatever the bytes, the parser answers with data or an IdxError, and never
+# allocates more than the file's size justifies.
+
+SHAPES = [(None, 28, 28), (None,)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.binary(max_size=4096), shape=st.sampled_from(SHAPES))
+def test_fuzz_arbitrary_bytes_as_a_file(tmp_path_factory, payload, shape):
+    path = tmp_path_factory.mktemp("fuzz") / "x.gz"
+    path.write_bytes(payload)
+    with contextlib.suppress(IdxError):
+        read_idx(path, shape)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dims=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=3),
+    body=st.binary(max_size=2048),
+    type_code=st.sampled_from([0x08, 0x08, 0x09, 0x0D]),
+)
+def test_fuzz_headers_never_allocate_beyond_the_data(dims, body, type_code):
+    header = struct.pack(">HBB", 0, type_code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+    compressed = gzip.compress(header + body, mtime=0)
+    limit = len(compressed) * DEFLATE_MAX_RATIO
+    shape = (None,) * len(dims)
+    tracemalloc.start()
+    try:
+        array = parse_idx(gzip.GzipFile(fileobj=io.BytesIO(compressed)), "x", shape, limit)
+        assert array.size == math.prod(dims) == len(body)
+    except IdxError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 4 * len(body) + 4 * CHUNK
+
+
+@given(payload=st.binary(max_size=2048), shape=st.sampled_from(SHAPES))
+def test_fuzz_decompressed_content(payload, shape):
+    try:
+        array = parse_idx(io.BytesIO(payload), "x", shape)
+        assert array.dtype == np.uint8 and array.ndim == len(shape)
+    except IdxError:
+        pass

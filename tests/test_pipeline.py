@@ -2,7 +2,9 @@
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,14 +109,102 @@ def test_mlflow_run_holds_params_curves_test_metrics_and_model(project, monkeypa
     assert run_info["mlflow_run_id"] == run.info.run_id
 
 
+def test_mlflow_run_records_what_reproduces_it(project):
+    project, _ = project
+    (run,) = runs(project)[:1]
+    tags = run.data.tags
+    assert tags["git.dirty"] in ("true", "false")
+    for name in ("python", "tensorflow", "keras", "numpy", "platform", "cpu"):
+        assert tags[f"env.{name}"]
+    assert tags["env.keras"] == keras_version()
+    lock = lock_outputs(project)
+    for path in ("data/raw", "data/processed", "models/model.keras"):
+        assert tags[f"dvc.md5.{path}"] == lock[path]
+    command = shlex.split(tags["reproduce.command"])
+    assert command[:3] == ["dvc", "exp", "run"]
+    overrides = dict(arg.split("=", 1) for arg in command[4::2])
+    assert overrides["train.epochs"] == "3" and overrides["train.hidden_units"] == "[32]"
+    assert overrides["preprocess.split"] == "stratified"
+    assert overrides["tracking.enabled"] == "true"
+    assert len(overrides) == len(run.data.params)
+
+
+def keras_version() -> str:
+    import keras
+
+    return keras.__version__
+
+
 def test_second_repro_is_a_no_op(project):
     project, env = project
     out = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
     assert "Data and pipelines are up to date." in out
 
 
+def lock_outputs(project: Path) -> dict[str, str]:
+    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}
+
+
+def test_forced_rerun_reproduces_every_output_bit_for_bit(project):
+    project, env = project
+    before, runs_before = lock_outputs(project), len(runs(project))
+    sh(str(BIN / "dvc"), "repro", "--force", "--no-run-cache", cwd=project, env=env)
+    after = lock_outputs(project)
+    assert len(after) == 9
+    assert after.pop("metrics/run.json") != before.pop("metrics/run.json")  # a new MLflow run
+    assert after == before
+    assert len(runs(project)) == runs_before + 1
+
+
+def test_verify_repro_reports_identical_outputs(project):
+    project, env = project
+    out = sh(str(BIN / "python"), "scripts/verify_repro.py", cwd=project, env=env)
+    assert "OK: all 7 outputs bit-identical to dvc.lock" in out
+    assert out.count("identical") == 8  # 7 rows and the summary line
+
+
+def test_verify_repro_flags_a_difference():
+    from scripts.verify_repro import compare
+
+    recorded = {"models/model.keras": "a" * 32, "metrics/run.json": "b" * 32}
+    report, mismatches, compared = compare(recorded, {"models/model.keras": "c" * 32})
+    assert (mismatches, compared) == (1, 1)
+    assert "DIFFERENT" in report and "differs by nature" in report
+
+
+def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(project):
+    project, env = project
+    before = lock_outputs(project)
+    write_params(project, tracking={"enabled": True, "experiment": "e2e"}, train={"epochs": 10**5})
+    process = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"],
+        cwd=project,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    for line in process.stdout:
+        if line.startswith("Epoch 3/"):
+            break
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, output
+    assert not (project / "models" / "model.keras").exists()
+    assert not list(project.glob("**/.tmp-*"))
+    write_params(project, tracking={"enabled": True, "experiment": "e2e"})
+    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    after = lock_outputs(project)
+    after.pop("metrics/run.json"), before.pop("metrics/run.json")
+    assert after == before
+    assert "up to date" in sh(str(BIN / "dvc"), "status", cwd=project, env=env)
+
+
 def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     project, env = project
+    runs_before = len(runs(project))
     sh(
         str(BIN / "dvc"),
         "exp",
@@ -133,7 +223,7 @@ def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
     all_runs = runs(project)
-    assert len(all_runs) == 2
+    assert len(all_runs) == runs_before + 1
     latest = all_runs[-1]
     assert latest.data.tags["dvc.exp_name"] == "one-epoch"
     assert latest.info.run_name == "one-epoch"

@@ -1,0 +1,92 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stages.cli import PipelineError
+from stages.files import atomic_path, load_arrays, save_arrays, write_text
+from tests.conftest import ROOT
+
+
+def test_output_appears_only_when_complete(tmp_path):
+    target = tmp_path / "out" / "model.keras"
+    with atomic_path(target) as temp:
+        assert temp.parent == target.parent  # same folder: the rename is atomic
+        assert temp.name.startswith(".tmp-") and temp.suffix == ".keras"
+        temp.write_text("complete")
+        assert not target.exists()
+    assert target.read_text() == "complete"
+    assert [p.name for p in target.parent.iterdir()] == ["model.keras"]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failure_mid_write_keeps_the_old_output_and_no_temporary(tmp_path, failure):
+    target = tmp_path / "train.json"
+    write_text(target, "old")
+    with pytest.raises(type(failure)), atomic_path(target) as temp:
+        temp.write_text("half")
+        raise failure
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["train.json"]
+
+
+def test_interrupted_folder_write_leaves_no_partial_folder(tmp_path, monkeypatch):
+    calls = []
+
+    def save_then_interrupt(path, array, allow_pickle):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        with open(path, "wb") as stream:
+            np.lib.format.write_array(stream, array, allow_pickle=allow_pickle)
+
+    monkeypatch.setattr(np, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_arrays(tmp_path / "processed", {"a": np.zeros(3), "b": np.ones(3)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_output_is_replaced_as_a_whole(tmp_path):
+    save_arrays(tmp_path / "processed", {"a": np.zeros(3), "old": np.ones(2)})
+    save_arrays(tmp_path / "processed", {"a": np.arange(4)})
+    assert sorted(p.name for p in (tmp_path / "processed").iterdir()) == ["a.npy"]
+    assert load_arrays(tmp_path / "processed", ["a"])["a"].tolist() == [0, 1, 2, 3]
+
+
+def test_temporaries_of_a_killed_process_are_removed_on_the_next_write(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".tmp-{dead.stdout.strip()}-model.keras"
+    stale.write_text("partial")
+    mine = tmp_path / f".tmp-{os.getppid()}-model.keras"  # a live process: left alone
+    mine.write_text("in progress")
+    write_text(tmp_path / "model.keras", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "model.keras"]
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PipelineError, match=r"x.npy: not a valid .npy array"):
+        load_arrays(tmp_path, ["x"])
+
+
+def calls_in_code(name: str) -> list[str]:
+    return [
+        line.strip()
+        for path in [*(ROOT / "stages").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+        for line in path.read_text().splitlines()
+        if f"{name}(" in line
+    ]
+
+
+def test_every_np_load_refuses_pickles_and_every_model_load_is_safe():
+    assert calls_in_code("np.load")
+    assert all("allow_pickle=False" in call for call in calls_in_code("np.load"))
+    assert calls_in_code("keras.saving.load_model")
+    assert all("safe_mode=True" in call for call in calls_in_code("keras.saving.load_model"))
