@@ -3,6 +3,8 @@
 # make ui    - MLflow UI on http://127.0.0.1:5000 for this project's runs
 # make lint  - ruff
 # make verify-repro - re-run preprocess, train, evaluate in a scratch copy; compare with dvc.lock
+# make exp PRESET=seed-notebook - run a named preset (presets.yaml) as a DVC experiment
+# make presets-table - run every preset over 3 seeds; print the README's table
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 UI_PORT ?= 5000
 
-.PHONY: run test ui lint venv verify-repro
+.PHONY: run test ui lint venv verify-repro exp presets-table
 
 venv: $(STAMP)
 
@@ -35,4 +37,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 verify-repro: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/verify_repro.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m scripts.verify_repro
+
+exp: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m scripts.presets run $(PRESET)
+
+presets-table: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m scripts.presets table

@@ -1,7 +1,7 @@
 """Prove the recorded results reproduce: re-run preprocess, train and evaluate from scratch in
 a scratch copy of the project and compare every output's hash with this project's dvc.lock.
 
-    make verify-repro          (or: python scripts/verify_repro.py)
+    make verify-repro          (or: python -m scripts.verify_repro)
 
 Exit status 0 when every output is bit-identical, 1 otherwise. metrics/run.json (the MLflow
 run id and wall time) differs by nature and is reported but not compared. The scratch copy

@@ -1,7 +1,7 @@
 """Stage 4, evaluate: the trained model on the 10,000 test images, touched only here.
 
 Writes metrics/evaluate.json (test accuracy, loss, macro F1), metrics/per_class.csv
-(precision, recall, F1 and support per digit) and metrics/predictions.csv (actual and
+(precision, recall, F1, support and errors per digit) and metrics/predictions.csv (actual and
 predicted digit per test image, read by DVC's confusion-matrix plot), and logs them to
 the MLflow run that trained the model.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
 
-from stages import tracking
+from stages import figures, tracking
 from stages.cli import PipelineError, run
 from stages.files import load_arrays, write_json, write_text
 from stages.model import CLASSES, load_model
@@ -36,6 +36,7 @@ def score(labels: np.ndarray, probabilities: np.ndarray) -> tuple[dict, pd.DataF
     per_class = pd.DataFrame([report[str(d)] for d in digits]).rename(columns={"f1-score": "f1"})
     per_class.insert(0, "digit", digits)
     per_class["support"] = per_class["support"].astype(int)
+    per_class["errors"] = np.bincount(labels[predicted != labels], minlength=CLASSES)
     return metrics, per_class
 
 
@@ -71,7 +72,12 @@ def evaluate() -> dict:
     write_json(TEST_METRICS, metrics)
     write_text(PER_CLASS, per_class.to_csv(index=False))
     write_text(PREDICTIONS, predictions.to_csv(index=False))
-    tracking.log_evaluation(run_id, metrics, [TEST_METRICS, PER_CLASS])
+    if run_id:
+        pictures = {
+            "confusion_matrix": figures.confusion_matrix(labels, predictions["predicted"].values),
+            "misclassified": figures.misclassified(arrays["x_test"], labels, probabilities),
+        }
+        tracking.log_evaluation(run_id, metrics, [TEST_METRICS, PER_CLASS], pictures)
     print(
         f"evaluate: test_accuracy {metrics['test_accuracy']:.4f}, "
         f"test_loss {metrics['test_loss']:.4f}"

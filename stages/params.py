@@ -5,6 +5,7 @@ incompatible combination stops the stage with one line naming the key and what i
 """
 
 import difflib
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -119,6 +120,11 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         problem = getattr(error, "problem", None) or "invalid syntax"
         raise PipelineError(f"{path}: malformed YAML{where}: {problem}") from None
     return parse_params(data, str(path))
+
+
+def as_override(key: str, value: object) -> str:
+    """`key=value` as `dvc exp run -S` reads it (the value as YAML)."""
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
 def flatten(params: Params) -> dict[str, object]:

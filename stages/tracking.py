@@ -6,7 +6,6 @@ experiments that DVC runs in a temporary copy still land in the real project's s
 """
 
 import hashlib
-import json
 import os
 import platform
 import shlex
@@ -23,12 +22,15 @@ import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
 import yaml
+from filelock import FileLock
+from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
 from stages.cli import PipelineError
-from stages.params import Params, flatten
+from stages.params import Params, as_override, flatten
 
 PROBE_TIMEOUT_S = 5
+SQLITE_TIMEOUT_S = 60
 LOCK_FILE = Path("dvc.lock")
 
 
@@ -37,11 +39,17 @@ def project_root() -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, or the project's SQLite store.
+
+    Queued experiments write to that store from several processes at once; a writer waits
+    up to SQLITE_TIMEOUT_S for another's lock instead of failing with "database is locked".
+    """
+    default = f"sqlite:///{project_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 def connect() -> str:
-    """Point MLflow at the store; an unreachable server fails now, in seconds, not mid-run."""
+    """Point MLflow at the store, creating it if needed; fail in seconds if it is unreachable."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
@@ -55,6 +63,12 @@ def connect() -> str:
                 "MLFLOW_TRACKING_URI, or set tracking.enabled: false in params.yaml"
             ) from None
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        # Creating the tables is not safe to run twice at once (queue workers starting
+        # together); one process does it while the others wait.
+        database = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        with FileLock(f"{database}.lock"):
+            mlflow.search_experiments(max_results=1)
     return uri
 
 
@@ -98,8 +112,7 @@ def reproduce_command(params: Params) -> str:
     """`dvc exp run -S ...` setting every param to this run's value."""
     overrides = []
     for key, value in flatten(params).items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        overrides += ["-S", f"{key}={text}"]
+        overrides += ["-S", as_override(key, value)]
     return shlex.join(["dvc", "exp", "run", *overrides])
 
 
@@ -156,10 +169,11 @@ def training_run(params: Params) -> Iterator[str | None]:
         experiment_id = _experiment_id(params.tracking.experiment)
     except MlflowException as error:
         raise PipelineError(f"MLflow store {uri}: {error.message}") from None
+    tags = run_tags(params)
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=os.environ.get("DVC_EXP_NAME") or None,
-        tags=run_tags(params),
+        run_name=tags.get("dvc.exp_name") or f"repro-{tags.get('git.commit', 'nogit')[:7]}",
+        tags=tags,
     ) as run:
         mlflow.log_params(flatten(params))
         yield run.info.run_id
@@ -201,7 +215,15 @@ def log_training(model: keras.Model, model_path: Path, example: np.ndarray, seco
     )
 
 
-def log_evaluation(run_id: str | None, metrics: dict[str, float], artifacts: list[Path]) -> None:
+def log_figures(figures: dict[str, Figure]) -> None:
+    """Log matplotlib figures as PNG files under `figures/` in the active run."""
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"figures/{name}.png")
+
+
+def log_evaluation(
+    run_id: str | None, metrics: dict[str, float], artifacts: list[Path], figures: dict
+) -> None:
     """Add the test figures to the training's run; warn (not fail) if that run is gone.
 
     Call connect() first.
@@ -220,3 +242,4 @@ def log_evaluation(run_id: str | None, metrics: dict[str, float], artifacts: lis
         mlflow.log_metrics(metrics)
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+        log_figures(figures)

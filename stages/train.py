@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from stages import tracking
 from stages.cli import raise_if_interrupted, run
+from stages.figures import training_curves
 from stages.files import load_arrays, write_json, write_text
 from stages.model import build_model, make_optimizer, save_model
 from stages.params import Params, load_params
@@ -83,6 +84,7 @@ def train(params: Params) -> keras.Model:
         )
         if run_id:
             tracking.log_training(model, MODEL, arrays["x_val"][:2], seconds)
+            tracking.log_figures({"training_curves": training_curves(history)})
         write_json(RUN_INFO, {"mlflow_run_id": run_id, "train_seconds": round(seconds, 2)})
     print(
         f"train: {len(history)} epochs in {seconds:.1f} s, "

@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -103,6 +105,12 @@ def test_mlflow_run_holds_params_curves_test_metrics_and_model(project, monkeypa
     ).stdout.strip()
     assert run.data.tags["git.commit"] == head
     assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {
+        "figures/training_curves.png",
+        "figures/confusion_matrix.png",
+        "figures/misclassified.png",
+    }
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.signature is not None
     run_info = json.loads((project / "metrics" / "run.json").read_text())
@@ -159,7 +167,7 @@ def test_forced_rerun_reproduces_every_output_bit_for_bit(project):
 
 def test_verify_repro_reports_identical_outputs(project):
     project, env = project
-    out = sh(str(BIN / "python"), "scripts/verify_repro.py", cwd=project, env=env)
+    out = sh(str(BIN / "python"), "-m", "scripts.verify_repro", cwd=project, env=env)
     assert "OK: all 7 outputs bit-identical to dvc.lock" in out
     assert out.count("identical") == 8  # 7 rows and the summary line
 
@@ -202,6 +210,16 @@ def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(
     assert "up to date" in sh(str(BIN / "dvc"), "status", cwd=project, env=env)
 
 
+def experiments(project: Path, env: dict) -> dict[str, dict]:
+    """{name: data} of every experiment `dvc exp show` lists."""
+    shown = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=project, env=env))
+    return {
+        exp["name"]: exp["revs"][0]["data"]
+        for rev in shown
+        for exp in (rev.get("experiments") or [])
+    }
+
+
 def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     project, env = project
     runs_before = len(runs(project))
@@ -216,10 +234,7 @@ def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
         cwd=project,
         env=env,
     )
-    shown = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=project, env=env))
-    experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
-    (exp,) = [e for e in experiments if e["name"] == "one-epoch"]
-    data = exp["revs"][0]["data"]
+    data = experiments(project, env)["one-epoch"]
     assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
     all_runs = runs(project)
@@ -229,3 +244,63 @@ def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     assert latest.info.run_name == "one-epoch"
     assert latest.data.metrics["test_accuracy"] == pytest.approx(accuracy)
     assert latest.data.params["train.epochs"] == "1"
+
+
+def test_run_cache_restores_a_training_without_a_new_mlflow_run(project):
+    """Back to a configuration already trained: DVC restores it, and it still points at the
+    MLflow run that produced its model."""
+    project, env = project
+    dvc = str(BIN / "dvc")
+    sh(dvc, "exp", "run", "-S", "train.epochs=2", "-n", "two-epochs", cwd=project, env=env)
+    runs_before = len(runs(project))
+    out = sh(dvc, "exp", "run", "-S", "train.epochs=1", "-n", "one-again", cwd=project, env=env)
+    assert "Stage 'train' is cached - skipping run" in out
+    assert len(runs(project)) == runs_before
+    shown = experiments(project, env)
+    run_id = shown["one-again"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
+    assert run_id == shown["one-epoch"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
+    assert {r.info.run_id: r.info.run_name for r in runs(project)}[run_id] == "one-epoch"
+
+
+def test_queued_sweep_with_two_workers_loses_nothing(project):
+    project, env = project
+    dvc = str(BIN / "dvc")
+    runs_before = {run.info.run_id for run in runs(project)}
+    sh(
+        dvc,
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        "train.learning_rate=0.002,0.02",
+        "-S",
+        "train.batch_size=16,64",
+        "-S",
+        "train.epochs=1",
+        cwd=project,
+        env=env,
+    )
+    sh(dvc, "queue", "start", "-j", "2", cwd=project, env=env)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", sh(dvc, "queue", "status", cwd=project, env=env)):
+        assert time.monotonic() < deadline, "the queue did not finish in 10 minutes"
+        time.sleep(2)
+    status = sh(dvc, "queue", "status", cwd=project, env=env)
+    assert "Failed" not in status, status
+    baseline = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
+    new_runs = [run for run in runs(project) if run.info.run_id not in runs_before]
+    assert len(new_runs) == 4
+    assert all(run.data.tags["dvc.baseline_rev"] == baseline for run in new_runs)
+    shown = experiments(project, env)
+    for run in new_runs:
+        name = run.data.tags["dvc.exp_name"]
+        assert run.info.run_name == name
+        data = shown[name]
+        assert data["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"] == run.info.run_id
+        accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
+        assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+    swept = {
+        (float(run.data.params["train.learning_rate"]), int(run.data.params["train.batch_size"]))
+        for run in new_runs
+    }
+    assert swept == {(0.002, 16), (0.002, 64), (0.02, 16), (0.02, 64)}

@@ -148,3 +148,4 @@ def test_score_on_known_predictions():
         -np.log(0.91) * 0.75 - np.log(0.01) * 0.25, rel=1e-5
     )
     assert per_class.loc[2, "recall"] == 0.5 and per_class.loc[1, "precision"] == 0.5
+    assert per_class["errors"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
