@@ -5,6 +5,9 @@
 # make verify-repro - re-run preprocess, train, evaluate in a scratch copy; compare with dvc.lock
 # make exp PRESET=seed-notebook - run a named preset (presets.yaml) as a DVC experiment
 # make presets-table - run every preset over 3 seeds; print the README's table
+# make bench - speed and memory against a plain Keras baseline (results/bench.md)
+# make predict IMAGES='digit.png scans/' - the digit in each image (models/model.keras)
+# make real-use - accuracy on MNIST test digits redrawn like photos, through predict
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +15,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 UI_PORT ?= 5000
 
-.PHONY: run test ui lint venv verify-repro exp presets-table
+.PHONY: run test ui lint venv verify-repro exp presets-table bench predict real-use
 
 venv: $(STAMP)
 
@@ -42,5 +45,15 @@ verify-repro: $(STAMP)
 exp: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m scripts.presets run $(PRESET)
 
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro download
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.bench
+
 presets-table: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m scripts.presets table
+
+predict: $(STAMP)
+	$(BIN)/python -m stages.predict $(IMAGES)
+
+real-use: $(STAMP)
+	$(BIN)/python -m scripts.real_use

@@ -6,7 +6,6 @@ Built on matplotlib's object API (no pyplot state, no display needed).
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay
 
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
 
@@ -42,6 +41,9 @@ def training_curves(history: pd.DataFrame) -> Figure:
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> Figure:
     """Counts of true digit against predicted digit on the test set."""
+    # imported here: the train stage draws curves only, and scikit-learn costs a second to load
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     figure = Figure(figsize=(7.5, 6.5), layout="constrained")
     axes = figure.subplots()
     ConfusionMatrixDisplay.from_predictions(

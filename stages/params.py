@@ -33,6 +33,7 @@ class TrainParams(_Section):
     activation: Literal["relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid"]
     dropout: float = Field(ge=0, lt=1)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
+    fused_adam: bool
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     lr_schedule: Literal["constant", "cosine"]
@@ -40,6 +41,7 @@ class TrainParams(_Section):
     batch_size: int = Field(gt=0)
     epochs: int = Field(gt=0)
     seed: int = Field(ge=0)
+    threads: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _adamw_decays(self) -> "TrainParams":

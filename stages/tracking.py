@@ -179,12 +179,9 @@ def training_run(params: Params) -> Iterator[str | None]:
         yield run.info.run_id
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Log Keras' per-epoch figures to the active MLflow run, with step = epoch (from 1)."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if mlflow.active_run() is not None and logs:
-            mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
+def log_epoch(epoch: int, figures: dict[str, float]) -> None:
+    """Log one epoch's loss, accuracy, val_loss and val_accuracy with step = epoch (from 1)."""
+    mlflow.log_metrics(figures, step=epoch)
 
 
 def file_md5(path: Path) -> str:
@@ -202,7 +199,7 @@ def log_training(model: keras.Model, model_path: Path, example: np.ndarray, seco
 
     mlflow.log_metric("train_seconds", seconds)
     mlflow.set_tag(f"dvc.md5.{model_path}", file_md5(model_path))
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     keras.config.disable_interactive_logging()  # MLflow's own predict() would draw progress bars
     # mlflow.tensorflow handles Keras 3 models; mlflow.keras fails with an input example
     # (https://github.com/mlflow/mlflow/issues/16183)

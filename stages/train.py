@@ -7,6 +7,7 @@ metrics/run.json: the MLflow run id and wall time, which differ from run to run.
 
 import math
 import time
+from collections.abc import Callable
 
 import keras
 import pandas as pd
@@ -16,22 +17,12 @@ from stages import tracking
 from stages.cli import raise_if_interrupted, run
 from stages.figures import training_curves
 from stages.files import load_arrays, write_json, write_text
-from stages.model import build_model, make_optimizer, save_model
+from stages.fit import EpochTrainer, configure_threads, run_epochs
+from stages.model import build_model, make_loss, make_optimizer, save_model
 from stages.params import Params, load_params
 from stages.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
 
 HISTORY_COLUMNS = ["loss", "accuracy", "val_loss", "val_accuracy"]
-STEPS_PER_EXECUTION = 50  # fewer Python round trips per epoch; the same arithmetic
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """Stop training on Ctrl-C or SIGTERM even if TensorFlow swallowed the interrupt."""
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        raise_if_interrupted()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        raise_if_interrupted()
 
 
 def make_deterministic(seed: int) -> None:
@@ -40,29 +31,31 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def fit(params: Params, arrays: dict, callbacks: list) -> tuple[keras.Model, pd.DataFrame]:
-    """Build, compile and fit the model; return it with its per-epoch history."""
+def fit(
+    params: Params, arrays: dict, on_epoch_end: Callable[[int, dict], None]
+) -> tuple[keras.Model, pd.DataFrame]:
+    """Build the model and train it; return it with its per-epoch history."""
     p = params.train
+    configure_threads(p.threads)
     make_deterministic(p.seed)
     model = build_model(p)
-    steps_per_epoch = math.ceil(len(arrays["x_train"]) / p.batch_size)
-    model.compile(
-        optimizer=make_optimizer(p, steps_per_epoch),
-        loss=p.loss,
-        metrics=["accuracy"],
-        steps_per_execution=STEPS_PER_EXECUTION,
-    )
-    result = model.fit(
+    trainer = EpochTrainer(
+        model,
+        make_optimizer(p, steps_per_epoch=math.ceil(len(arrays["x_train"]) / p.batch_size)),
+        make_loss(p),
         arrays["x_train"],
         arrays["y_train"],
-        validation_data=(arrays["x_val"], arrays["y_val"]),
-        batch_size=p.batch_size,
-        epochs=p.epochs,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=2,
+        p.batch_size,
+        p.seed,
     )
-    history = pd.DataFrame(result.history)[HISTORY_COLUMNS]
+
+    def after_epoch(epoch: int, figures: dict) -> None:
+        raise_if_interrupted()  # in case TensorFlow swallowed a Ctrl-C mid-epoch
+        on_epoch_end(epoch, figures)
+
+    history = pd.DataFrame(
+        run_epochs(trainer, (arrays["x_val"], arrays["y_val"]), p.epochs, after_epoch)
+    )[HISTORY_COLUMNS]
     history.insert(0, "epoch", range(1, len(history) + 1))
     return model, history
 
@@ -71,8 +64,8 @@ def train(params: Params) -> keras.Model:
     arrays = load_arrays(PROCESSED_DIR, ["x_train", "y_train", "x_val", "y_val"])
     with tracking.training_run(params) as run_id:
         started = time.perf_counter()
-        callbacks = [StopOnSignal(), *([tracking.EpochLogger()] if run_id else [])]
-        model, history = fit(params, arrays, callbacks)
+        log_epoch = tracking.log_epoch if run_id else lambda epoch, figures: None
+        model, history = fit(params, arrays, log_epoch)
         seconds = time.perf_counter() - started
         save_model(model, MODEL)
         write_text(HISTORY, history.to_csv(index=False))

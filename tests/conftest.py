@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_MIRROR = ROOT.parent / "shared" / "data" / "mnist"  # the real MNIST, beside the checkout
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -27,6 +28,7 @@ TINY_PARAMS = {
         "activation": "relu",
         "dropout": 0.1,
         "optimizer": "adam",
+        "fused_adam": True,
         "learning_rate": 0.01,
         "weight_decay": 0.0,
         "lr_schedule": "constant",
@@ -34,6 +36,7 @@ TINY_PARAMS = {
         "batch_size": 32,
         "epochs": 3,
         "seed": 0,
+        "threads": 1,
     },
     "tracking": {"enabled": False, "experiment": "tests"},
 }

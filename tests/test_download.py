@@ -5,8 +5,7 @@ import pytest
 
 from stages.cli import PipelineError
 from stages.download import PUBLIC_MIRRORS, download, read_checksums, sources
-
-SHARED_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+from tests.conftest import SHARED_MIRROR
 
 
 def sha256(path: Path) -> str:

@@ -123,7 +123,7 @@ def test_interrupted_training_leaves_no_partial_output(workdir, signum):
         text=True,
     )
     for line in process.stdout:
-        if line.startswith("Epoch 3/"):
+        if line.startswith("epoch 3/"):
             break
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)

@@ -4,12 +4,19 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 
 from stages.evaluate import evaluate, score
-from stages.model import _number_shared_objects, build_model, load_model, make_optimizer
+from stages.model import (
+    FusedAdam,
+    _number_shared_objects,
+    build_model,
+    load_model,
+    make_optimizer,
+)
 from stages.params import load_params, parse_params
 from stages.paths import (
     HISTORY,
@@ -47,17 +54,50 @@ def test_model_follows_params():
 
 
 @pytest.mark.parametrize(
-    ("name", "keras_class"),
-    [("adam", "Adam"), ("sgd", "SGD"), ("rmsprop", "RMSprop"), ("adamw", "AdamW")],
+    ("name", "fused", "keras_class"),
+    [
+        ("adam", False, "Adam"),
+        ("adamw", False, "AdamW"),
+        ("adam", True, "FusedAdam"),
+        ("adamw", True, "FusedAdam"),
+        ("sgd", True, "SGD"),
+        ("rmsprop", True, "RMSprop"),
+    ],
 )
-def test_optimizer_follows_params(name, keras_class):
+def test_optimizer_follows_params(name, fused, keras_class):
     params = parse_params(
-        tiny_params(train={"optimizer": name, "learning_rate": 0.05, "weight_decay": 0.01})
+        tiny_params(
+            train={
+                "optimizer": name,
+                "fused_adam": fused,
+                "learning_rate": 0.05,
+                "weight_decay": 0.01,
+            }
+        )
     ).train
     optimizer = make_optimizer(params, steps_per_epoch=10)
     assert type(optimizer).__name__ == keras_class
     assert float(optimizer.learning_rate) == pytest.approx(0.05)
     assert optimizer.weight_decay == pytest.approx(0.01)
+
+
+def test_fused_adam_follows_keras_adam_to_the_last_bits():
+    """Same formula, one fused kernel per tensor: weights agree to float32 rounding."""
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((40, 30)).astype(np.float32)
+    gradients = [rng.standard_normal((40, 30)).astype(np.float32) for _ in range(20)]
+    results = []
+    for optimizer in (
+        keras.optimizers.Adam(0.01, weight_decay=0.004),
+        FusedAdam(0.01, weight_decay=0.004),
+    ):
+        variable = keras.Variable(start.copy())
+        optimizer.build([variable])
+        for gradient in gradients:
+            optimizer.apply([gradient], [variable])
+        results.append(variable.numpy())
+    assert not np.array_equal(results[0], start)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
 def test_cosine_schedule_decays_to_zero():

@@ -1,0 +1,124 @@
+"""The training loop: each epoch runs as one TensorFlow graph.
+
+Keras' `model.fit` pulls every mini-batch through a tf.data iterator and returns to Python
+between groups of steps; for a network this small that bookkeeping costs more than the
+arithmetic. Here the arrays sit in memory as tensors, each epoch's shuffled order is drawn
+in the graph from (seed, epoch), and one `tf.function` runs all of the epoch's steps. The
+model, loss and optimizer are Keras' own, so the math is that of `model.fit`: mini-batch
+gradient steps over a fresh permutation per epoch, loss and accuracy averaged over the
+epoch's samples as they are seen, validation after each epoch.
+"""
+
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+VALIDATION_BATCH = 2000  # forward passes only; any size gives the same predictions
+
+
+def configure_threads(threads: int) -> None:
+    """Run TensorFlow's ops on `threads` threads (0: TensorFlow's default, all cores).
+
+    TensorFlow fixes its thread pools at its first op; in a process that already ran one
+    (a test calling the stage in-process) the setting is left as it is: thread counts change
+    speed, not results.
+    """
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+
+
+def _accuracy_counts(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    """How many rows are classified correctly (labels as integers or one-hot)."""
+    predicted = tf.argmax(probabilities, axis=1, output_type=tf.int32)
+    if labels.shape.rank == 2:
+        labels = tf.argmax(labels, axis=1, output_type=tf.int32)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+
+
+class EpochTrainer:
+    """Trains `model` on (x, y) one whole epoch per call, entirely inside TensorFlow."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        loss: keras.losses.Loss,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.x, self.y = tf.constant(x), tf.constant(y)
+        self.count = len(x)
+        self.batch_size = batch_size
+        self.steps = math.ceil(self.count / batch_size)
+        self.seed = seed
+        self.optimizer.build(model.trainable_variables)
+        self._epoch = tf.function(self._train_epoch)
+        self._predict = tf.function(lambda x: model(x, training=False))
+
+    def _train_epoch(self, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(self.count), seed=tf.stack([tf.constant(self.seed, tf.int32), epoch])
+        )
+        loss_sum = tf.constant(0.0)
+        correct = tf.constant(0.0)
+        for step in tf.range(self.steps):
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+            x, y = tf.gather(self.x, batch), tf.gather(self.y, batch)
+            with tf.GradientTape() as tape:
+                probabilities = self.model(x, training=True)
+                loss = self.loss(y, probabilities)
+            gradients = tape.gradient(loss, self.model.trainable_variables)
+            self.optimizer.apply(gradients, self.model.trainable_variables)
+            size = tf.cast(tf.shape(batch)[0], tf.float32)
+            loss_sum += loss * size
+            correct += _accuracy_counts(y, probabilities)
+        return loss_sum / self.count, correct / self.count
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        loss, accuracy = self._epoch(tf.constant(epoch, tf.int32))
+        return {"loss": float(loss), "accuracy": float(accuracy)}
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """Loss and accuracy on held-out data, in batches of VALIDATION_BATCH."""
+        loss_sum = correct = 0.0
+        for start in range(0, len(x), VALIDATION_BATCH):
+            xb, yb = x[start : start + VALIDATION_BATCH], y[start : start + VALIDATION_BATCH]
+            probabilities = self._predict(tf.constant(xb))
+            loss_sum += float(self.loss(yb, probabilities)) * len(xb)
+            correct += float(_accuracy_counts(tf.constant(yb), probabilities))
+        return {"loss": loss_sum / len(x), "accuracy": correct / len(x)}
+
+
+def run_epochs(
+    trainer: EpochTrainer,
+    validation: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    on_epoch_end: Callable[[int, dict[str, float]], None],
+) -> list[dict[str, float]]:
+    """Train for `epochs`; after each, report {loss, accuracy, val_loss, val_accuracy}."""
+    history = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        figures = trainer.train_epoch(epoch)
+        validated = trainer.evaluate(*validation)
+        figures |= {"val_loss": validated["loss"], "val_accuracy": validated["accuracy"]}
+        print(
+            f"epoch {epoch}/{epochs} - {time.perf_counter() - started:.1f} s - "
+            + " - ".join(f"{name} {value:.4f}" for name, value in figures.items()),
+            flush=True,
+        )
+        history.append(figures)
+        on_epoch_end(epoch, figures)
+    return history
