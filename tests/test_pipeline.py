@@ -6,16 +6,20 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from stages.model import load_model
 from tests.conftest import ROOT, write_params
 
 BIN = Path(sys.executable).parent
@@ -137,6 +141,57 @@ def test_mlflow_run_records_what_reproduces_it(project):
     assert len(overrides) == len(run.data.params)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_logged_model_is_served_over_http(project):
+    """`mlflow models serve` on the run's model answers predictions for two test digits."""
+    project, env = project
+    (run,) = runs(project)[:1]
+    x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:2]
+    y_test = np.load(project / "data" / "processed" / "y_test.npy", allow_pickle=False)[:2]
+    port = free_port()
+    env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", f"runs:/{run.info.run_id}/model"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(
+        command,
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stopping it stops its workers too
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, "mlflow models serve exited"
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer /ping in 120 s"
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps({"inputs": x_test.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            served = np.array(json.load(response)["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    local = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
+    assert served.shape == (2, 10)
+    np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
+    assert list(served.argmax(axis=1)) == list(y_test)
+
+
 def keras_version() -> str:
     import keras
 
@@ -195,7 +250,7 @@ def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(
         start_new_session=True,
     )
     for line in process.stdout:
-        if line.startswith("Epoch 3/"):
+        if line.startswith("epoch 3/"):
             break
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     output = process.communicate(timeout=120)[0]

@@ -1,0 +1,131 @@
+"""Turn an image file of one handwritten digit into the 28x28 input an MNIST model expects.
+
+MNIST was made by scaling each digit to fit a 20x20 box (keeping its aspect ratio) and
+pasting it into a 28x28 field with its centre of mass at the centre, light ink on black.
+A model trained on MNIST has only ever seen digits like that, so every image gets the
+same treatment here: grayscale; ink measured as the distance from the background's level
+(which inverts dark ink on light paper and copes with coloured paper); crop to the digit's
+bounding box; longer side scaled to 20 pixels; centred by centre of mass; values in [0, 1].
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, UnidentifiedImageError
+
+FORMATS = ["PNG", "JPEG", "BMP", "GIF"]
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+MIN_CONTRAST = 0.1  # the ink must differ from the background by this much (of full scale)
+INK_THRESHOLD = 0.25  # share of the ink's strength that counts as part of the digit
+BOX, FIELD = 20, 28  # MNIST: digit scaled into a 20x20 box, centred in a 28x28 field
+RESAMPLE = Image.Resampling.LANCZOS
+
+
+class DigitImageError(ValueError):
+    """A file that cannot be turned into a digit; the message names the file."""
+
+
+def read_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The image's first frame as float grayscale in [0, 1].
+
+    On a transparent background the ink is what is opaque, whatever its colour.
+    """
+    if not path.exists():
+        raise DigitImageError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DigitImageError(f"{path}: empty file")
+    try:
+        with Image.open(path, formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DigitImageError(
+                    f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                    "pixels; refused (a decompression bomb?)"
+                )
+            image.load()
+            return _grayscale(image)
+    except UnidentifiedImageError:
+        raise DigitImageError(f"{path}: not an image ({'/'.join(FORMATS)} expected)") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice its larger limit
+        raise DigitImageError(
+            f"{path}: over the limit of {max_pixels:,} pixels; refused (a decompression bomb?)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, DigitImageError):
+            raise
+        raise DigitImageError(f"{path}: unreadable image ({error})") from None
+
+
+def _grayscale(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / 65535
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        return values / max(float(values.max()), 1.0)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        if np.median(_border(alpha)) < 0.5:
+            return alpha
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
+def _border(values: np.ndarray) -> np.ndarray:
+    """The pixels of a frame about 5 % wide around the image: the background, mostly."""
+    m = max(1, min(values.shape) // 20)
+    return np.concatenate(
+        [values[:m].ravel(), values[-m:].ravel(), values[:, :m].ravel(), values[:, -m:].ravel()]
+    )
+
+
+def _median3(values: np.ndarray) -> np.ndarray:
+    """A 3x3 median filter: removes speckle noise before the digit's extent is measured."""
+    image = Image.fromarray(np.round(values * 255).astype(np.uint8))
+    return np.asarray(image.filter(ImageFilter.MedianFilter(3)), dtype=np.float32) / 255
+
+
+def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
+    """A grayscale image in [0, 1] -> the 28x28 float32 MNIST-style digit."""
+    border = _border(gray)
+    background = float(np.median(border))
+    ink = np.abs(gray - background)
+    # about 3 sigma of the background's noise, from the median deviation: robust to a digit
+    # that touches the border
+    noise = 4.5 * float(np.median(np.abs(border - background)))
+    smooth = _median3(ink) if min(gray.shape) >= 3 * FIELD else ink
+    peak = float(smooth.max())
+    if peak - noise < MIN_CONTRAST:
+        raise DigitImageError(f"{name}: no digit found (blank image)")
+    ink = np.clip((ink - noise) / (peak - noise), 0, 1)
+    rows = np.flatnonzero((smooth - noise > INK_THRESHOLD * (peak - noise)).any(axis=1))
+    cols = np.flatnonzero((smooth - noise > INK_THRESHOLD * (peak - noise)).any(axis=0))
+    digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+    height, width = digit.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(
+        Image.fromarray(np.ascontiguousarray(digit, np.float32)).resize(size, RESAMPLE),
+        dtype=np.float32,
+    )
+    small = np.clip(small, 0, None)
+    if small.max() <= 0:
+        raise DigitImageError(f"{name}: no digit found (blank image)")
+    small /= small.max()
+
+    field = np.zeros((FIELD, FIELD), np.float32)
+    h, w = small.shape
+    rows_, cols_ = np.indices(small.shape)
+    centre_y = float((rows_ * small).sum() / small.sum())
+    centre_x = float((cols_ * small).sum() / small.sum())
+    middle = FIELD / 2  # where MNIST's own digits have their centre of mass: pixel (14, 14)
+    top = min(max(round(middle - centre_y), 0), FIELD - h)
+    left = min(max(round(middle - centre_x), 0), FIELD - w)
+    field[top : top + h, left : left + w] = small
+    return field
+
+
+def load_digit(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file -> its 28x28 float32 MNIST-style digit, or DigitImageError."""
+    return to_mnist(read_grayscale(path, max_pixels), str(path))

@@ -1,0 +1,202 @@
+"""Predicting digits from image files: MNIST-style preparation, the CLI, bad input."""
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from stages import preprocess, train
+from stages.digit_image import DigitImageError, load_digit, read_grayscale, to_mnist
+from stages.model import build_model, save_model
+from stages.params import TrainParams
+from stages.predict import predict_files
+from tests.conftest import ROOT, SHARED_MIRROR, TINY_PARAMS, write_params
+
+
+def draw_seven(size: int, ink: int, paper: int, canvas: tuple[int, int], at: tuple[int, int]):
+    """A thick '7' of height `size` drawn at `at` on a canvas: a test digit with a shape."""
+    image = Image.new("L", canvas, paper)
+    x, y = at
+    width = max(2, size // 8)
+    draw = ImageDraw.Draw(image)
+    draw.line([(x, y), (x + size * 0.6, y)], fill=ink, width=width)
+    draw.line([(x + size * 0.6, y), (x + size * 0.2, y + size)], fill=ink, width=width)
+    return image
+
+
+def centre_of_mass(field: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.indices(field.shape)
+    return (rows * field).sum() / field.sum(), (cols * field).sum() / field.sum()
+
+
+def test_a_digit_becomes_mnist_shaped_whatever_its_size_place_and_polarity(tmp_path):
+    big = draw_seven(300, ink=20, paper=235, canvas=(900, 700), at=(50, 300))
+    small = draw_seven(40, ink=255, paper=0, canvas=(100, 60), at=(40, 8))
+    fields = []
+    for name, image in [("big.png", big.convert("RGB")), ("small.bmp", small)]:
+        image.save(tmp_path / name)
+        field = load_digit(tmp_path / name)
+        assert field.shape == (28, 28) and field.dtype == np.float32
+        assert field.min() >= 0 and field.max() == pytest.approx(1.0)
+        rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+        extent = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+        assert 19 <= extent <= 22  # longer side scaled to 20 (plus resampling's soft edge)
+        assert centre_of_mass(field) == pytest.approx((14, 14), abs=0.5)  # as in MNIST
+        fields.append(field)
+    # dark on light at 300 px and light on dark at 40 px give nearly the same digit
+    assert np.abs(fields[0] - fields[1]).mean() < 0.06
+
+
+def test_transparent_background_ink_is_what_is_opaque(tmp_path):
+    seven = draw_seven(100, ink=255, paper=0, canvas=(200, 200), at=(50, 50))
+    for colour in [(0, 0, 0), (255, 255, 255)]:  # black or white ink on transparency
+        rgba = Image.new("RGBA", seven.size, (*colour, 0))
+        rgba.putalpha(seven)
+        rgba.save(tmp_path / "seven.png")
+        assert read_grayscale(tmp_path / "seven.png").max() == 1.0
+        expected = to_mnist(np.asarray(seven, np.float32) / 255)
+        np.testing.assert_allclose(load_digit(tmp_path / "seven.png"), expected)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims width x height pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("notes.png", b"these are not pixels", "not an image (PNG/JPEG/BMP/GIF expected)"),
+        ("empty.png", b"", "empty file"),
+        ("big.png", png_claiming(8_000, 6_000), "8000x6000 pixels is over the limit of 40,000,000"),
+        ("bomb.png", png_claiming(100_000, 100_000), "over the limit of 40,000,000 pixels"),
+        ("blank.png", None, "no digit found (blank image)"),
+        ("cut.png", "truncated", "unreadable image"),
+        ("missing.png", "absent", "no such file"),
+    ],
+)
+def test_bad_image_files_give_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        Image.new("RGB", (64, 64), (200, 180, 40)).save(path)
+    elif content == "truncated":
+        draw_seven(100, 0, 255, (200, 200), (50, 50)).save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif content != "absent":
+        path.write_bytes(content)
+    with pytest.raises(DigitImageError) as error:
+        load_digit(path)
+    assert str(error.value).startswith(str(path)) and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.fixture
+def untrained_model(tmp_path) -> Path:
+    """A model of the right shape (its predictions are arbitrary): enough to test plumbing."""
+    path = tmp_path / "model.keras"
+    save_model(build_model(TrainParams(**TINY_PARAMS["train"])), path)
+    return path
+
+
+def predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stages.predict", *args],
+        cwd=cwd,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_folder_with_bad_files_reports_them_and_predicts_the_rest(tmp_path, untrained_model):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for n in range(3):
+        draw_seven(60 + 20 * n, 0, 255, (200, 200), (30, 40)).save(folder / f"seven{n}.jpg")
+    (folder / "readme.txt").write_text("not an image")
+    Image.new("L", (50, 50), 255).save(folder / "blank.gif")
+    result = predict_cli(str(folder), "--model", str(untrained_model), cwd=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors[:2] == [
+        f"error: {folder / 'blank.gif'}: no digit found (blank image)",
+        f"error: {folder / 'readme.txt'}: not an image (PNG/JPEG/BMP/GIF expected)",
+    ]
+    assert len(result.stdout.strip().splitlines()) == 3
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(table["file"]) == [str(p) for p in sorted(folder.iterdir())]
+    assert table["digit"].notna().sum() == 3 and table["error"].notna().sum() == 2
+    assert table["digit"].dropna().between(0, 9).all()
+    assert (table["probability"].dropna() >= table["probability_2"].dropna()).all()
+
+
+def test_a_missing_model_is_one_clear_error(tmp_path):
+    draw_seven(60, 0, 255, (100, 100), (20, 20)).save(tmp_path / "seven.png")
+    result = predict_cli("seven.png", "--model", "nowhere.keras", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: nowhere.keras does not exist; train it first (`make run`) or pass --model PATH"
+    )
+
+
+@pytest.fixture(scope="module")
+def real_model(tmp_path_factory) -> Path:
+    """A small model trained for 3 epochs on the real MNIST (about 97 % on its test set)."""
+    if not SHARED_MIRROR.is_dir():
+        pytest.skip(f"no MNIST mirror at {SHARED_MIRROR}")
+    folder = tmp_path_factory.mktemp("real")
+    shutil.copytree(SHARED_MIRROR, folder / "data" / "raw")
+    write_params(
+        folder,
+        preprocess={"val_fraction": 0.1},
+        train={"hidden_units": [256], "batch_size": 128, "learning_rate": 0.002, "epochs": 3},
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        preprocess.main()
+        train.main()
+    return folder
+
+
+def test_real_use_images_are_read_correctly(real_model, monkeypatch):
+    """The real-use check (scripts/real_use.py) in small: 200 redrawn test digits."""
+    from scripts.real_use import build
+
+    monkeypatch.chdir(real_model)
+    files, labels, styles = build(200, real_model / "real-use", seed=1)
+    assert {f.suffix for f in files} == {".png", ".jpg", ".bmp", ".gif"}
+    assert set(styles) == {"dark on light", "light on dark", "gray"}
+    results = predict_files(real_model / "models" / "model.keras", files)
+    predicted = np.array([r.digit for r in results])
+    assert (predicted == labels).mean() >= 0.9
+
+
+def test_the_cli_reads_a_digit_from_a_png(real_model):
+    images, labels = preprocess.load_images_and_labels(real_model / "data" / "raw", "t10k")
+    photo = Image.fromarray(255 - images[0]).resize((280, 280)).convert("RGB")
+    photo.save(real_model / "digit.png")
+    result = predict_cli("--json", "digit.png", cwd=real_model)
+    assert result.returncode == 0, result.stderr
+    (prediction,) = json.loads(result.stdout)
+    assert prediction["digit"] == labels[0] and prediction["error"] is None
+    assert prediction["top3"][0]["digit"] == labels[0]
+    assert 0.5 < prediction["probability"] <= 1.0
+    text = predict_cli("digit.png", cwd=real_model)
+    assert text.stdout.startswith(f"digit.png: {labels[0]} (")
