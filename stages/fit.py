@@ -56,26 +56,31 @@ class EpochTrainer:
         y: np.ndarray,
         batch_size: int,
         seed: int,
+        distort: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
     ) -> None:
+        """`distort(images, seed)`, when given, redraws each mini-batch (stages/augment.py)."""
         self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.distort = distort
         self.x, self.y = tf.constant(x), tf.constant(y)
         self.count = len(x)
         self.batch_size = batch_size
         self.steps = math.ceil(self.count / batch_size)
-        self.seed = seed
+        self.seed = tf.constant(seed, tf.int32)
         self.optimizer.build(model.trainable_variables)
         self._epoch = tf.function(self._train_epoch)
         self._predict = tf.function(lambda x: model(x, training=False))
 
     def _train_epoch(self, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(self.count), seed=tf.stack([tf.constant(self.seed, tf.int32), epoch])
+            tf.range(self.count), seed=tf.stack([self.seed, epoch])
         )
         loss_sum = tf.constant(0.0)
         correct = tf.constant(0.0)
         for step in tf.range(self.steps):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
             x, y = tf.gather(self.x, batch), tf.gather(self.y, batch)
+            if self.distort is not None:  # fresh distortions per (seed, epoch, step)
+                x = self.distort(x, tf.stack([self.seed, epoch * self.steps + step]))
             with tf.GradientTape() as tape:
                 probabilities = self.model(x, training=True)
                 loss = self.loss(y, probabilities)

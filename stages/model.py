@@ -34,7 +34,14 @@ def build_model(params: TrainParams) -> keras.Sequential:
     model.add(keras.Input(shape=(PIXELS,), name="pixels"))
     for number, units in enumerate(params.hidden_units, start=1):
         # explicit names: Keras' automatic ones count up per process, changing the saved bytes
-        model.add(keras.layers.Dense(units, activation=params.activation, name=f"hidden_{number}"))
+        if params.batch_norm:  # Dense -> BatchNorm -> activation; the norm's shift is the bias
+            model.add(keras.layers.Dense(units, use_bias=False, name=f"hidden_{number}"))
+            model.add(keras.layers.BatchNormalization(name=f"batch_norm_{number}"))
+            model.add(keras.layers.Activation(params.activation, name=f"activation_{number}"))
+        else:
+            model.add(
+                keras.layers.Dense(units, activation=params.activation, name=f"hidden_{number}")
+            )
         if params.dropout > 0:
             model.add(keras.layers.Dropout(params.dropout, name=f"dropout_{number}"))
     model.add(keras.layers.Dense(CLASSES, activation="softmax", name="digit"))
@@ -71,10 +78,16 @@ class FusedAdam(keras.optimizers.Adam):
 
 def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     learning_rate = params.learning_rate
+    warmup = params.warmup_epochs * steps_per_epoch
     if params.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            params.learning_rate, decay_steps=params.epochs * steps_per_epoch
+            0.0 if warmup else params.learning_rate,
+            decay_steps=params.epochs * steps_per_epoch - warmup,
+            warmup_target=params.learning_rate if warmup else None,
+            warmup_steps=warmup,
         )
+    elif warmup:
+        learning_rate = WarmupConstant(params.learning_rate, warmup)
     optimizer = OPTIMIZERS[params.optimizer]
     if params.fused_adam and params.optimizer in ("adam", "adamw"):
         optimizer = FusedAdam
@@ -85,9 +98,41 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
     )
 
 
+class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
+    """A constant learning rate reached by a linear rise from 0 over `warmup_steps`."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int) -> None:
+        self.learning_rate, self.warmup_steps = learning_rate, warmup_steps
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        rise = tf.cast(step, tf.float32) / self.warmup_steps
+        return self.learning_rate * tf.minimum(1.0, rise)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels with label smoothing, which Keras' sparse loss lacks."""
+
+    def __init__(self, label_smoothing: float) -> None:
+        super().__init__(name="sparse_smoothed_crossentropy")
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        one_hot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), CLASSES)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, label_smoothing=self.label_smoothing
+        )
+
+
 def make_loss(params: TrainParams) -> keras.losses.Loss:
     """The training loss, averaged over each mini-batch."""
-    return LOSSES[params.loss]()
+    if params.label_smoothing == 0:
+        return LOSSES[params.loss]()
+    if params.loss == "categorical_crossentropy":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing)
+    return SparseSmoothedCrossentropy(params.label_smoothing)
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -37,7 +37,10 @@ class TrainParams(_Section):
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     lr_schedule: Literal["constant", "cosine"]
+    warmup_epochs: int = Field(ge=0)
     loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"]
+    label_smoothing: float = Field(ge=0, lt=1)
+    batch_norm: bool
     batch_size: int = Field(gt=0)
     epochs: int = Field(gt=0)
     seed: int = Field(ge=0)
@@ -47,7 +50,23 @@ class TrainParams(_Section):
     def _adamw_decays(self) -> "TrainParams":
         if self.optimizer == "adamw" and self.weight_decay == 0:
             raise ValueError("train.optimizer=adamw needs train.weight_decay > 0, got 0")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs={self.warmup_epochs} must be below train.epochs={self.epochs}"
+            )
         return self
+
+
+class AugmentParams(_Section):
+    rotation: float = Field(ge=0, le=180)
+    scale: float = Field(ge=0, lt=1)
+    shift: float = Field(ge=0, le=14)
+    elastic_alpha: float = Field(ge=0)
+    elastic_sigma: float = Field(gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotation, self.scale, self.shift, self.elastic_alpha))
 
 
 class TrackingParams(_Section):
@@ -58,6 +77,7 @@ class TrackingParams(_Section):
 class Params(_Section):
     preprocess: PreprocessParams
     train: TrainParams
+    augment: AugmentParams
     tracking: TrackingParams
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stages import tracking
+from stages.augment import Distort
 from stages.cli import raise_if_interrupted, run
 from stages.figures import training_curves
 from stages.files import load_arrays, write_json, write_text
@@ -47,6 +48,7 @@ def fit(
         arrays["y_train"],
         p.batch_size,
         p.seed,
+        Distort(params.augment) if params.augment.enabled else None,
     )
 
     def after_epoch(epoch: int, figures: dict) -> None:

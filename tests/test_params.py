@@ -85,6 +85,11 @@ def test_onehot_labels_with_sparse_loss_is_an_incompatible_combination():
     assert "preprocess.labels=onehot needs train.loss=categorical_crossentropy" in message
 
 
+def test_warmup_as_long_as_the_training_is_rejected():
+    params = with_change("train", "warmup_epochs", 3)  # tiny params train for 3 epochs
+    assert "train.warmup_epochs=3 must be below train.epochs=3" in error_of(params)
+
+
 def test_adamw_without_weight_decay_is_rejected():
     assert "train.weight_decay" in error_of(with_change("train", "optimizer", "adamw"))
 

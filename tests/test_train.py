@@ -15,6 +15,7 @@ from stages.model import (
     _number_shared_objects,
     build_model,
     load_model,
+    make_loss,
     make_optimizer,
 )
 from stages.params import load_params, parse_params
@@ -189,3 +190,42 @@ def test_score_on_known_predictions():
     )
     assert per_class.loc[2, "recall"] == 0.5 and per_class.loc[1, "precision"] == 0.5
     assert per_class["errors"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_batch_norm_puts_a_normalization_before_each_hidden_activation():
+    params = parse_params(tiny_params(train={"hidden_units": [64, 16], "batch_norm": True})).train
+    kinds = [layer.__class__.__name__ for layer in build_model(params).layers]
+    assert kinds == ["Dense", "BatchNormalization", "Activation", "Dropout"] * 2 + ["Dense"]
+    assert not build_model(params).get_layer("hidden_1").use_bias  # the norm's shift is the bias
+
+
+def test_label_smoothing_matches_keras_categorical_loss_on_one_hot_labels():
+    labels = np.array([3, 0, 9])
+    probabilities = keras.ops.softmax(np.random.default_rng(0).normal(size=(3, 10)))
+    sparse = make_loss(parse_params(tiny_params(train={"label_smoothing": 0.1})).train)
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    expected = float(reference(np.eye(10)[labels], probabilities))
+    assert float(sparse(labels, probabilities)) == pytest.approx(expected, rel=1e-6)
+    plain = make_loss(parse_params(tiny_params()).train)
+    assert float(plain(labels, probabilities)) < expected  # smoothing adds the spread's cost
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_warmup_rises_linearly_to_the_learning_rate(schedule):
+    change = {"lr_schedule": schedule, "warmup_epochs": 2, "epochs": 4, "learning_rate": 0.01}
+    rate = make_optimizer(parse_params(tiny_params(train=change)).train, 10)._learning_rate
+    assert [round(float(rate(step)), 6) for step in (0, 10, 20)] == [0.0, 0.005, 0.01]
+    assert float(rate(40)) == pytest.approx(0.01 if schedule == "constant" else 0.0, abs=1e-9)
+
+
+def test_training_with_distortions_and_batch_norm_is_reproducible(processed):
+    write_params(
+        processed,
+        train={"batch_norm": True, "label_smoothing": 0.1, "epochs": 2},
+        augment={"rotation": 10.0, "scale": 0.1, "shift": 2.0, "elastic_alpha": 20.0},
+    )
+    train(load_params())
+    first, history = sha256(MODEL), pd.read_csv(HISTORY)
+    train(load_params())
+    assert sha256(MODEL) == first
+    assert history["val_accuracy"].iloc[-1] > 0.3  # learns through the distortions
