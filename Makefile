@@ -1,6 +1,7 @@
 # make run   - set up .venv (when missing or requirements.txt changed), then run the pipeline
 # make test  - the test suite
 # make ui    - MLflow UI on http://127.0.0.1:5000 for this project's runs
+# make mlflow-server - tracking server on http://127.0.0.1:5002 (MLFLOW_TRACKING_URI; docs/team.md)
 # make lint  - ruff
 # make verify-repro - re-run preprocess, train, evaluate in a scratch copy; compare with dvc.lock
 # make exp PRESET=seed-notebook - run a named preset (presets.yaml) as a DVC experiment
@@ -14,8 +15,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 UI_PORT ?= 5000
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5002
+SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow.db?timeout=60
+SERVER_ARTIFACTS ?= $(CURDIR)/mlartifacts
 
-.PHONY: run test ui lint venv verify-repro exp presets-table bench predict real-use
+.PHONY: run test ui mlflow-server lint venv verify-repro exp presets-table bench predict real-use
 
 venv: $(STAMP)
 
@@ -34,6 +39,12 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# Clients anywhere upload artifacts through the server (--serve-artifacts) into SERVER_ARTIFACTS.
+mlflow-server: $(STAMP)
+	$(BIN)/mlflow server --host $(SERVER_HOST) --port $(SERVER_PORT) \
+		--backend-store-uri '$(SERVER_STORE)' \
+		--serve-artifacts --artifacts-destination '$(SERVER_ARTIFACTS)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
