@@ -21,7 +21,7 @@ BOX, FIELD = 20, 28  # MNIST: digit scaled into a 20x20 box, centred in a 28x28 
 RESAMPLE = Image.Resampling.LANCZOS
 
 
-class DigitImageError(ValueError):
+class DigitImageError(Exception):
     """A file that cannot be turned into a digit; the message names the file."""
 
 
@@ -51,8 +51,6 @@ def read_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             f"{path}: over the limit of {max_pixels:,} pixels; refused (a decompression bomb?)"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, DigitImageError):
-            raise
         raise DigitImageError(f"{path}: unreadable image ({error})") from None
 
 
@@ -85,6 +83,12 @@ def _median3(values: np.ndarray) -> np.ndarray:
     return np.asarray(image.filter(ImageFilter.MedianFilter(3)), dtype=np.float32) / 255
 
 
+def centre_of_mass(values: np.ndarray) -> tuple[float, float]:
+    """(row, column) of the intensity-weighted centre of a 2-D image, in pixel indices."""
+    rows, cols = np.indices(values.shape)
+    return float((rows * values).sum() / values.sum()), float((cols * values).sum() / values.sum())
+
+
 def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
     """A grayscale image in [0, 1] -> the 28x28 float32 MNIST-style digit."""
     border = _border(gray)
@@ -98,8 +102,8 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
     if peak - noise < MIN_CONTRAST:
         raise DigitImageError(f"{name}: no digit found (blank image)")
     ink = np.clip((ink - noise) / (peak - noise), 0, 1)
-    rows = np.flatnonzero((smooth - noise > INK_THRESHOLD * (peak - noise)).any(axis=1))
-    cols = np.flatnonzero((smooth - noise > INK_THRESHOLD * (peak - noise)).any(axis=0))
+    digit_mask = smooth - noise > INK_THRESHOLD * (peak - noise)
+    rows, cols = np.flatnonzero(digit_mask.any(axis=1)), np.flatnonzero(digit_mask.any(axis=0))
     digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
     height, width = digit.shape
@@ -116,9 +120,7 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
 
     field = np.zeros((FIELD, FIELD), np.float32)
     h, w = small.shape
-    rows_, cols_ = np.indices(small.shape)
-    centre_y = float((rows_ * small).sum() / small.sum())
-    centre_x = float((cols_ * small).sum() / small.sum())
+    centre_y, centre_x = centre_of_mass(small)
     middle = FIELD / 2  # where MNIST's own digits have their centre of mass: pixel (14, 14)
     top = min(max(round(middle - centre_y), 0), FIELD - h)
     left = min(max(round(middle - centre_x), 0), FIELD - w)

@@ -22,10 +22,6 @@ OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
-LOSSES = {
-    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
-    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
-}
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 
 
@@ -128,11 +124,11 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
 
 def make_loss(params: TrainParams) -> keras.losses.Loss:
     """The training loss, averaged over each mini-batch."""
-    if params.label_smoothing == 0:
-        return LOSSES[params.loss]()
     if params.loss == "categorical_crossentropy":
         return keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing)
-    return SparseSmoothedCrossentropy(params.label_smoothing)
+    if params.label_smoothing:
+        return SparseSmoothedCrossentropy(params.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
 
 
 def save_model(model: keras.Model, path: Path) -> None:

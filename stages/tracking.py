@@ -219,7 +219,7 @@ def log_figures(figures: dict[str, Figure]) -> None:
 
 
 def log_evaluation(
-    run_id: str | None, metrics: dict[str, float], artifacts: list[Path], figures: dict
+    run_id: str | None, metrics: dict[str, float], artifacts: list[Path], figures: dict[str, Figure]
 ) -> None:
     """Add the test figures to the training's run; warn (not fail) if that run is gone.
 

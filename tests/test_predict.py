@@ -14,7 +14,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from stages import preprocess, train
-from stages.digit_image import DigitImageError, load_digit, read_grayscale, to_mnist
+from stages.digit_image import (
+    DigitImageError,
+    centre_of_mass,
+    load_digit,
+    read_grayscale,
+    to_mnist,
+)
 from stages.model import build_model, save_model
 from stages.params import TrainParams
 from stages.predict import predict_files
@@ -30,11 +36,6 @@ def draw_seven(size: int, ink: int, paper: int, canvas: tuple[int, int], at: tup
     draw.line([(x, y), (x + size * 0.6, y)], fill=ink, width=width)
     draw.line([(x + size * 0.6, y), (x + size * 0.2, y + size)], fill=ink, width=width)
     return image
-
-
-def centre_of_mass(field: np.ndarray) -> tuple[float, float]:
-    rows, cols = np.indices(field.shape)
-    return (rows * field).sum() / field.sum(), (cols * field).sum() / field.sum()
 
 
 def test_a_digit_becomes_mnist_shaped_whatever_its_size_place_and_polarity(tmp_path):
