@@ -1,45 +1,64 @@
 """The baseline: the seed notebook as a plain Keras script, nothing tuned.
 
-Flatten(28x28) -> Dense(128, relu) -> Dense(32, relu) -> Dense(10, softmax), Adam, sparse
-categorical cross-entropy, batch 32, 25 epochs, `model.fit` on NumPy arrays with the 48,000
-training and 12,000 validation images (the last 20 %, as the notebook's validation_split=0.2).
+Flatten(28x28) -> Dense hidden layers (ReLU) -> Dense(10, softmax), Adam, sparse categorical
+cross-entropy, `model.fit` on NumPy arrays with the training and validation images of a
+data/processed made with split=tail (the notebook's validation_split=0.2). The shape and the
+schedule come from the command line, which bench/bench.py fills from presets.yaml.
 
-    python bench/baseline.py DATA_DIR      (DATA_DIR: a data/processed with split=tail)
+    python bench/baseline.py DIR --hidden 128 32 --epochs 25 --batch-size 32 --learning-rate 0.001
 
 Prints one JSON line: fit seconds and test accuracy.
 """
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-data = Path(sys.argv[1])
+from mnist_dense.shape import CLASSES, SIDE
+
+parser = argparse.ArgumentParser()
+parser.add_argument("data", type=Path)
+parser.add_argument("--hidden", type=int, nargs="+", required=True)
+parser.add_argument("--epochs", type=int, required=True)
+parser.add_argument("--batch-size", type=int, required=True)
+parser.add_argument("--learning-rate", type=float, required=True)
+args = parser.parse_args()
 
 
 def load(name: str) -> np.ndarray:
-    return np.load(data / f"{name}.npy", allow_pickle=False)
+    return np.load(args.data / f"{name}.npy", allow_pickle=False)
 
 
-x_train, y_train = load("x_train").reshape(-1, 28, 28), load("y_train")
-x_val, y_val = load("x_val").reshape(-1, 28, 28), load("y_val")
-x_test, y_test = load("x_test").reshape(-1, 28, 28), load("y_test")
+x_train, y_train = load("x_train").reshape(-1, SIDE, SIDE), load("y_train")
+x_val, y_val = load("x_val").reshape(-1, SIDE, SIDE), load("y_val")
+x_test, y_test = load("x_test").reshape(-1, SIDE, SIDE), load("y_test")
 
 model = keras.Sequential(
     [
-        keras.Input(shape=(28, 28)),
+        keras.Input(shape=(SIDE, SIDE)),
         keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
+        *(keras.layers.Dense(units, activation="relu") for units in args.hidden),
+        keras.layers.Dense(CLASSES, activation="softmax"),
     ]
 )
-model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model.compile(
+    optimizer=keras.optimizers.Adam(args.learning_rate),
+    loss="sparse_categorical_crossentropy",
+    metrics=["accuracy"],
+)
 started = time.perf_counter()
-model.fit(x_train, y_train, validation_data=(x_val, y_val), batch_size=32, epochs=25, verbose=0)
+model.fit(
+    x_train,
+    y_train,
+    validation_data=(x_val, y_val),
+    batch_size=args.batch_size,
+    epochs=args.epochs,
+    verbose=0,
+)
 fit_seconds = time.perf_counter() - started
 _, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
 print(json.dumps({"fit_seconds": fit_seconds, "test_accuracy": float(test_accuracy)}))

@@ -1,6 +1,3 @@
-"""The MNIST pipeline's stages: download -> preprocess -> train -> evaluate (see dvc.yaml)."""
+"""The four DVC stages, one module each: download -> preprocess -> train -> evaluate (dvc.yaml)."""
 
-import os
-
-# TensorFlow's C++ INFO and WARNING lines (CPU features, oneDNN notes) drown the stage logs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import mnist_dense  # noqa: F401  (quiets TensorFlow and MLflow before any stage imports them)

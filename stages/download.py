@@ -10,9 +10,10 @@ import socket
 import time
 from pathlib import Path
 
-from stages.cli import PipelineError, run
-from stages.files import atomic_path
-from stages.paths import RAW_DIR
+from mnist_dense import VERBOSE
+from mnist_dense.cli import PipelineError, run
+from mnist_dense.files import atomic_path
+from mnist_dense.paths import RAW_DIR
 
 CHECKSUMS = Path(__file__).with_name("mnist.sha256")
 PUBLIC_MIRRORS = (
@@ -55,7 +56,11 @@ def sources(mirror: str | None) -> list[str]:
 
 def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
     """Fetch one file from one source into `staging`; raise if it fails or does not verify."""
+    import keras
     from keras.utils import get_file
+
+    if not VERBOSE:  # get_file's progress bars are raw escape codes in a log file
+        keras.config.disable_interactive_logging()
 
     if base.startswith("file://"):
         folder = Path(base.removeprefix("file://"))
@@ -106,6 +111,7 @@ def download(dest: Path, checksums: dict[str, str], bases: list[str]) -> None:
                 for base in bases:
                     try:
                         _fetch(name, digest, base, staging)
+                        print(f"download: {name} from {base}", flush=True)
                         break
                     except Exception as error:  # every failure is reported below
                         failures.append(f"{base}{name}: {_reason(error)}")

@@ -7,6 +7,7 @@ the MLflow run that trained the model.
 """
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import keras
@@ -14,11 +15,21 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
 
-from stages import figures, tracking
-from stages.cli import PipelineError, run
-from stages.files import load_arrays, write_json, write_text
-from stages.model import CLASSES, load_model
-from stages.paths import MODEL, PER_CLASS, PREDICTIONS, PROCESSED_DIR, RUN_INFO, TEST_METRICS
+from mnist_dense import figures, tracking
+from mnist_dense.cli import PipelineError, run
+from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
+from mnist_dense.model import load_model, predict
+from mnist_dense.paths import (
+    CONFUSION_PNG,
+    MISCLASSIFIED_PNG,
+    MODEL,
+    PER_CLASS,
+    PREDICTIONS,
+    PROCESSED_DIR,
+    RUN_INFO,
+    TEST_METRICS,
+)
+from mnist_dense.shape import CLASSES
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray) -> tuple[dict, pd.DataFrame]:
@@ -58,26 +69,31 @@ def _load(path: Path) -> keras.Model:
 
 def evaluate() -> dict:
     run_id = _training_run_id()
-    if run_id:
-        tracking.connect()  # an unreachable tracking server fails now, before the work
-    model = _load(MODEL)
-    arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])
-    labels = arrays["y_test"]
-    if labels.ndim == 2:  # one-hot
-        labels = labels.argmax(axis=1)
-    probabilities = model.predict(arrays["x_test"], batch_size=1000, verbose=0)
-    metrics, per_class = score(labels, probabilities)
-    predictions = pd.DataFrame({"actual": labels, "predicted": probabilities.argmax(axis=1)})
+    with tracking.existing_run(run_id) if run_id else nullcontext() as log:
+        model = _load(MODEL)
+        arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])
+        labels = arrays["y_test"]
+        probabilities = predict(model, arrays["x_test"])
+        metrics, per_class = score(labels, probabilities)
+        predictions = pd.DataFrame({"actual": labels, "predicted": probabilities.argmax(axis=1)})
 
-    write_json(TEST_METRICS, metrics)
-    write_text(PER_CLASS, per_class.to_csv(index=False))
-    write_text(PREDICTIONS, predictions.to_csv(index=False))
-    if run_id:
+        write_json(TEST_METRICS, metrics)
+        write_text(PER_CLASS, per_class.to_csv(index=False))
+        write_text(PREDICTIONS, predictions.to_csv(index=False))
         pictures = {
-            "confusion_matrix": figures.confusion_matrix(labels, predictions["predicted"].values),
-            "misclassified": figures.misclassified(arrays["x_test"], labels, probabilities),
+            CONFUSION_PNG: figures.confusion_matrix(labels, predictions["predicted"].values),
+            MISCLASSIFIED_PNG: figures.misclassified(arrays["x_test"], labels, probabilities),
         }
-        tracking.log_evaluation(run_id, metrics, [TEST_METRICS, PER_CLASS], pictures)
+        for path, picture in pictures.items():
+            write_bytes(path, figures.png_bytes(picture))
+        if log:
+            log.datasets(tracking.dataset_records(["mnist-test"], {"test": len(labels)}))
+            log.metrics(metrics)
+            for path in (TEST_METRICS, PER_CLASS):
+                log.file(path.read_bytes(), f"evaluation/{path.name}")
+            for path in pictures:
+                log.file(path.read_bytes(), f"figures/{path.name}")
+            log.register(tracking.version_tags(log.recorded, metrics))
     print(
         f"evaluate: test_accuracy {metrics['test_accuracy']:.4f}, "
         f"test_loss {metrics['test_loss']:.4f}"

@@ -2,7 +2,8 @@
 
 Pixels become float32 in [0, 1], flattened to 784. A validation set is split off the
 60,000 training images, either stratified by class (seeded) or, to mirror Keras'
-`validation_split`, as the last images in file order. Labels are integers or one-hot.
+`validation_split`, as the last images in file order. Labels stay integers 0-9 (uint8);
+the train stage encodes them as its loss needs.
 """
 
 import math
@@ -11,14 +12,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from stages.cli import PipelineError, run
-from stages.files import save_arrays
-from stages.idx import read_idx
-from stages.params import PreprocessParams, load_params
-from stages.paths import PROCESSED_DIR, RAW_DIR
-
-SIDE = 28
-CLASSES = 10
+from mnist_dense.cli import PipelineError, run
+from mnist_dense.files import save_arrays
+from mnist_dense.idx import read_idx
+from mnist_dense.params import PreprocessParams, load_params
+from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
+from mnist_dense.shape import CLASSES, SIDE
 
 
 def load_images_and_labels(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,12 +59,6 @@ def scale(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
 
 
-def encode(labels: np.ndarray, encoding: str) -> np.ndarray:
-    if encoding == "onehot":
-        return np.eye(CLASSES, dtype=np.float32)[labels]
-    return labels.astype(np.uint8)
-
-
 def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
     """Build and write the six arrays x/y_{train,val,test}; return them."""
     images, labels = load_images_and_labels(RAW_DIR, "train")
@@ -73,11 +66,11 @@ def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
     train_idx, val_idx = split_indices(labels, params)
     arrays = {
         "x_train": scale(images[train_idx]),
-        "y_train": encode(labels[train_idx], params.labels),
+        "y_train": labels[train_idx],
         "x_val": scale(images[val_idx]),
-        "y_val": encode(labels[val_idx], params.labels),
+        "y_val": labels[val_idx],
         "x_test": scale(test_images),
-        "y_test": encode(test_labels, params.labels),
+        "y_test": test_labels,
     }
     save_arrays(PROCESSED_DIR, arrays)
     return arrays

@@ -13,15 +13,22 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from stages import tracking
-from stages.augment import Distort
-from stages.cli import raise_if_interrupted, run
-from stages.figures import training_curves
-from stages.files import load_arrays, write_json, write_text
-from stages.fit import EpochTrainer, configure_threads, run_epochs
-from stages.model import build_model, make_loss, make_optimizer, save_model
-from stages.params import Params, load_params
-from stages.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
+from mnist_dense import tracking
+from mnist_dense.augment import Distort
+from mnist_dense.cli import PipelineError, raise_if_interrupted, run
+from mnist_dense.figures import png_bytes, training_curves
+from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
+from mnist_dense.fit import EpochTrainer, configure_threads, run_epochs
+from mnist_dense.lineage import file_md5
+from mnist_dense.model import (
+    build_model,
+    make_loss,
+    make_optimizer,
+    precision_policy,
+    save_model,
+)
+from mnist_dense.params import Params, load_params
+from mnist_dense.paths import CURVES_PNG, HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
 
 HISTORY_COLUMNS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -33,13 +40,35 @@ def make_deterministic(seed: int) -> None:
 
 
 def fit(
-    params: Params, arrays: dict, on_epoch_end: Callable[[int, dict], None]
+    params: Params,
+    arrays: dict,
+    on_epoch_end: Callable[[dict, int], None],
+    precision: str = "float32",
 ) -> tuple[keras.Model, pd.DataFrame]:
-    """Build the model and train it; return it with its per-epoch history."""
+    """Build the model and train it; return it with its per-epoch history.
+
+    `on_epoch_end(scores, epoch)` gets each epoch's loss, accuracy, val_loss, val_accuracy.
+    """
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _fit(params, arrays, on_epoch_end, precision)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else "MemoryError"
+        raise PipelineError(
+            f"out of memory training {params.train.hidden_units} hidden units at batch "
+            f"{params.train.batch_size} ({reason}); lower train.hidden_units or train.batch_size"
+        ) from None
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _fit(
+    params: Params, arrays: dict, on_epoch_end: Callable[[dict, int], None], precision: str
+) -> tuple[keras.Model, pd.DataFrame]:
     p = params.train
     configure_threads(p.threads)
     make_deterministic(p.seed)
-    model = build_model(p)
+    model = build_model(p, precision)
     trainer = EpochTrainer(
         model,
         make_optimizer(p, steps_per_epoch=math.ceil(len(arrays["x_train"]) / p.batch_size)),
@@ -51,9 +80,9 @@ def fit(
         Distort(params.augment) if params.augment.enabled else None,
     )
 
-    def after_epoch(epoch: int, figures: dict) -> None:
+    def after_epoch(epoch: int, scores: dict) -> None:
         raise_if_interrupted()  # in case TensorFlow swallowed a Ctrl-C mid-epoch
-        on_epoch_end(epoch, figures)
+        on_epoch_end(scores, epoch)
 
     history = pd.DataFrame(
         run_epochs(trainer, (arrays["x_val"], arrays["y_val"]), p.epochs, after_epoch)
@@ -64,22 +93,31 @@ def fit(
 
 def train(params: Params) -> keras.Model:
     arrays = load_arrays(PROCESSED_DIR, ["x_train", "y_train", "x_val", "y_val"])
-    with tracking.training_run(params) as run_id:
+    precision = precision_policy(params.train.precision)
+    with tracking.training_run(params) as log:
+        if log:
+            log.tags({"env.precision": precision})
         started = time.perf_counter()
-        log_epoch = tracking.log_epoch if run_id else lambda epoch, figures: None
-        model, history = fit(params, arrays, log_epoch)
+        on_epoch = log.metrics if log else lambda scores, epoch: None
+        model, history = fit(params, arrays, on_epoch, precision)
         seconds = time.perf_counter() - started
         save_model(model, MODEL)
         write_text(HISTORY, history.to_csv(index=False))
+        write_bytes(CURVES_PNG, png_bytes(training_curves(history)))
         final = history.iloc[-1]
         write_json(
             TRAIN_METRICS,
             {name: float(final[name]) for name in HISTORY_COLUMNS}
             | {"epochs": int(final["epoch"])},
         )
-        if run_id:
-            tracking.log_training(model, MODEL, arrays["x_val"][:2], seconds)
-            tracking.log_figures({"training_curves": training_curves(history)})
+        if log:
+            sizes = {"train": len(arrays["y_train"]), "val": len(arrays["y_val"])}
+            log.datasets(tracking.dataset_records(["mnist-train", "mnist-validation"], sizes))
+            log.metrics({"train_seconds": seconds})
+            log.tags({f"dvc.md5.{MODEL}": file_md5(MODEL)})
+            log.file(CURVES_PNG.read_bytes(), f"figures/{CURVES_PNG.name}")
+            log.model(MODEL, example=arrays["x_val"][0].tolist())
+        run_id = log.run_id if log else None
         write_json(RUN_INFO, {"mlflow_run_id": run_id, "train_seconds": round(seconds, 2)})
     print(
         f"train: {len(history)} epochs in {seconds:.1f} s, "

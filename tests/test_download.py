@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import PipelineError
+from mnist_dense.cli import PipelineError
 from stages.download import PUBLIC_MIRRORS, download, read_checksums, sources
 from tests.conftest import SHARED_MIRROR
 

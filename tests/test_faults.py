@@ -3,15 +3,15 @@
 import json
 import os
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from stages.cli import Interrupted, PipelineError, run
-from stages.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
-from tests.conftest import ROOT, write_params
+from mnist_dense.cli import Interrupted, PipelineError, run
+from mnist_dense.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TEST_METRICS, TRAIN_METRICS
+from tests.conftest import ROOT, free_port, write_params
 
 
 def stage(name: str, env_extra: dict | None = None, timeout: float = 120):
@@ -27,12 +27,6 @@ def stage(name: str, env_extra: dict | None = None, timeout: float = 120):
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_bad_params_give_one_line_and_exit_1(workdir):
@@ -87,8 +81,67 @@ def test_unreachable_tracking_server_fails_fast_before_training(workdir):
     (line,) = error_lines(result.stderr)
     assert f"MLflow tracking server {uri} is unreachable" in line
     assert "tracking.enabled: false" in line
-    assert "Epoch 1" not in result.stdout
+    assert "epoch 1/" not in result.stdout
     assert not MODEL.exists() and not RUN_INFO.exists()
+
+
+def test_the_unreachable_server_test_would_see_a_training(workdir):
+    """The check above looks for the training loop's epoch lines: here they are."""
+    assert stage("preprocess").returncode == 0
+    assert "epoch 1/" in stage("train").stdout
+
+
+def test_a_corrupt_mlflow_db_is_one_line_before_training(workdir):
+    write_params(workdir, tracking={"enabled": True})
+    assert stage("preprocess").returncode == 0
+    (workdir / "mlflow.db").write_bytes(b"this is not an SQLite database" * 100)
+    result = stage("train")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = error_lines(result.stderr)
+    assert f"{workdir / 'mlflow.db'}: not a readable MLflow store" in line
+    assert "move it aside" in line and "tracking.enabled: false" in line
+    assert "epoch 1/" not in result.stdout and not MODEL.exists()
+
+
+def test_a_locked_mlflow_db_is_one_line_before_training(workdir):
+    write_params(workdir, tracking={"enabled": True})
+    assert stage("preprocess").returncode == 0
+    database = workdir / "mlflow.db"
+    uri = f"sqlite:///{database}?timeout=1"
+    assert stage("train", {"MLFLOW_TRACKING_URI": uri}).returncode == 0  # creates the store
+    holder = sqlite3.connect(database)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, and not letting go
+    try:
+        result = stage("train", {"MLFLOW_TRACKING_URI": uri})
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = error_lines(result.stderr)
+    assert f"{database}: locked by another process for over 1 s" in line
+    assert "epoch 1/" not in result.stdout
+
+
+def test_evaluate_warns_when_the_training_run_is_not_in_the_store(workdir):
+    write_params(workdir, tracking={"enabled": True})
+    assert stage("preprocess").returncode == 0
+    assert stage("train").returncode == 0
+    RUN_INFO.write_text(json.dumps({"mlflow_run_id": "0" * 32, "train_seconds": 1.0}))
+    result = stage("evaluate")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: MLflow run {'0' * 32} is not in sqlite:///" in result.stderr
+    assert "test metrics not logged there" in result.stderr
+    assert TEST_METRICS.is_file()
+
+
+def test_out_of_memory_is_one_line(workdir):
+    assert stage("preprocess").returncode == 0
+    write_params(workdir, train={"hidden_units": [2**31 - 1, 2**31 - 1]})
+    result = stage("train")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("error: out of memory training [2147483647, 2147483647] hidden units")
+    assert "lower train.hidden_units or train.batch_size" in line
 
 
 def test_tracking_off_trains_without_a_server(workdir):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from stages.figures import confusion_matrix, misclassified, training_curves
+from mnist_dense.figures import confusion_matrix, misclassified, training_curves
 
 
 def png_size(figure) -> tuple[int, int]:

@@ -1,13 +1,15 @@
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from stages.cli import PipelineError
-from stages.files import atomic_path, load_arrays, save_arrays, write_text
+from mnist_dense.cli import PipelineError
+from mnist_dense.files import atomic_path, load_arrays, save_arrays, write_text
 from tests.conftest import ROOT
+from tests.imports import PACKAGES
 
 
 def test_output_appears_only_when_complete(tmp_path):
@@ -79,7 +81,8 @@ def test_pickled_arrays_are_refused(tmp_path):
 def calls_in_code(name: str) -> list[str]:
     return [
         line.strip()
-        for path in [*(ROOT / "stages").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+        for folder in PACKAGES
+        for path in (ROOT / folder).glob("*.py")
         for line in path.read_text().splitlines()
         if f"{name}(" in line
     ]
@@ -90,3 +93,42 @@ def test_every_np_load_refuses_pickles_and_every_model_load_is_safe():
     assert all("allow_pickle=False" in call for call in calls_in_code("np.load"))
     assert calls_in_code("keras.saving.load_model")
     assert all("safe_mode=True" in call for call in calls_in_code("keras.saving.load_model"))
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from mnist_dense.cli import run
+from mnist_dense.files import atomic_path
+
+def main():
+    with atomic_path(Path(sys.argv[1])) as temp, open(temp, "wb") as stream:
+        for chunk in range(100_000):
+            stream.write(b"x" * 4096)
+            if chunk == 10:
+                print("writing", flush=True)
+
+run(main)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_an_output_is_being_written_keeps_the_old_one(tmp_path, signum):
+    """Ctrl-C in the middle of a write, not before it: the old output stays, complete."""
+    target = tmp_path / "model.keras"
+    write_text(target, "old, complete")
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "writing\n"
+    assert [p.name for p in tmp_path.glob(".tmp-*")]  # the write is under way
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert "no partial output was left" in stderr
+    assert target.read_text() == "old, complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]

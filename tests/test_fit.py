@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stages.fit import EpochTrainer, run_epochs
+from mnist_dense.fit import EpochTrainer, run_epochs
 
 
 def trainer(count: int, batch_size: int, seed: int = 0, learning_rate: float = 0.0):
@@ -36,14 +36,10 @@ def test_an_epoch_sees_every_sample_once_including_a_partial_last_batch():
     assert epoch_trainer.evaluate(x, y)["loss"] == pytest.approx(expected_loss, rel=1e-6)
 
 
-def test_order_is_seeded_and_new_every_epoch():
+def test_order_is_a_seeded_permutation_new_every_epoch():
     def orders(seed: int) -> list[list[int]]:
-        return [
-            tf.random.experimental.stateless_shuffle(tf.range(10), seed=[seed, epoch])
-            .numpy()
-            .tolist()
-            for epoch in (1, 2)
-        ]
+        epoch_trainer = trainer(count=10, batch_size=4, seed=seed)[0]
+        return [epoch_trainer.order(epoch).numpy().tolist() for epoch in (1, 2)]
 
     assert orders(0) == orders(0)
     assert orders(0)[0] != orders(0)[1]
@@ -51,10 +47,37 @@ def test_order_is_seeded_and_new_every_epoch():
     assert sorted(orders(0)[0]) == list(range(10))
 
 
+def test_an_epoch_takes_its_steps_in_the_epoch_order():
+    """The weights after an epoch are those of SGD steps over batches cut from order(epoch)."""
+    epoch_trainer, model, x, y = trainer(count=12, batch_size=5, learning_rate=0.5)
+    start = [w.numpy().copy() for w in model.trainable_variables]
+    order = epoch_trainer.order(2).numpy()
+    epoch_trainer.train_epoch(2)
+    trained = [w.numpy() for w in model.trainable_variables]
+
+    def sgd_epoch(sample_order: np.ndarray) -> list[np.ndarray]:
+        for variable, value in zip(model.trainable_variables, start, strict=True):
+            variable.assign(value)
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        for first in range(0, 12, 5):  # batches of 5, 5 and 2
+            batch = sample_order[first : first + 5]
+            with tf.GradientTape() as tape:
+                value = loss(y[batch], model(x[batch], training=True))
+            gradients = tape.gradient(value, model.trainable_variables)
+            for variable, gradient in zip(model.trainable_variables, gradients, strict=True):
+                variable.assign_sub(0.5 * gradient)
+        return [w.numpy().copy() for w in model.trainable_variables]
+
+    for expected, got in zip(sgd_epoch(order), trained, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    in_file_order = sgd_epoch(np.arange(12))
+    assert not np.allclose(in_file_order[0], trained[0], rtol=1e-5, atol=1e-6)
+
+
 def test_training_lowers_the_loss_and_reports_each_epoch(capsys):
     epoch_trainer, _, x, y = trainer(count=200, batch_size=16, learning_rate=0.5)
     seen = []
-    history = run_epochs(epoch_trainer, (x, y), 3, lambda epoch, figures: seen.append(epoch))
+    history = run_epochs(epoch_trainer, (x, y), 3, lambda epoch, scores: seen.append(epoch))
     assert seen == [1, 2, 3]
     assert [set(h) for h in history] == [{"loss", "accuracy", "val_loss", "val_accuracy"}] * 3
     assert history[-1]["loss"] < history[0]["loss"]

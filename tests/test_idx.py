@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages.idx import CHUNK, DEFLATE_MAX_RATIO, IdxError, parse_idx, read_idx
+from mnist_dense.idx import CHUNK, DEFLATE_MAX_RATIO, IdxError, parse_idx, read_idx
 from tests.conftest import idx_bytes, write_idx
 
 

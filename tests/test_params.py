@@ -1,9 +1,10 @@
 import copy
 
 import pytest
+import yaml
 
-from stages.cli import PipelineError
-from stages.params import flatten, load_params, parse_params
+from mnist_dense.cli import PipelineError
+from mnist_dense.params import flatten, load_params, parse_params
 from tests.conftest import ROOT, TINY_PARAMS, tiny_params
 
 
@@ -22,7 +23,7 @@ def error_of(params: dict) -> str:
 def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.train.epochs > 0
-    assert params.preprocess.labels == "integer"
+    assert params.train.loss == "sparse_categorical_crossentropy"
 
 
 def test_flatten_gives_dotted_keys_like_dvc_exp_run_s():
@@ -80,9 +81,9 @@ def test_unknown_section_is_rejected():
     assert "did you mean 'train'" in error_of(params)
 
 
-def test_onehot_labels_with_sparse_loss_is_an_incompatible_combination():
+def test_label_encoding_is_not_a_preprocess_param_any_more():
     message = error_of(with_change("preprocess", "labels", "onehot"))
-    assert "preprocess.labels=onehot needs train.loss=categorical_crossentropy" in message
+    assert "unknown key 'preprocess.labels'" in message
 
 
 def test_warmup_as_long_as_the_training_is_rejected():
@@ -111,3 +112,13 @@ def test_empty_params_file(tmp_path):
     path.write_text("")
     with pytest.raises(PipelineError, match=r"params.yaml: top level"):
         load_params(path)
+
+
+def test_numbers_dvc_writes_in_exponent_form_are_read_as_numbers(tmp_path):
+    """`dvc exp run -S train.learning_rate=1e-5` writes 1e-05 (YAML 1.2); not a string."""
+    params = tiny_params()
+    text = yaml.safe_dump(params, sort_keys=False).replace(
+        "learning_rate: 0.01", "learning_rate: 1e-05"
+    )
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.learning_rate == 1e-05

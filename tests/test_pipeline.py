@@ -1,75 +1,56 @@
-"""End to end: the real dvc.yaml on tiny data in a throwaway copy of the project."""
+"""End to end: the real dvc.yaml on tiny data in a throwaway copy of the project.
+
+Each test starts from the module's `dvc repro`'d copy and leaves its workspace as it found it
+(experiments run with `--temp`), so any one of them passes alone.
+"""
 
 import json
 import os
 import re
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pytest
+import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from stages.model import load_model
-from tests.conftest import ROOT, write_params
-
-BIN = Path(sys.executable).parent
-
-
-def sh(*args: str, cwd: Path, env: dict) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
+from mnist_dense.lineage import dvc_lock_outputs
+from mnist_dense.model import load_model
+from mnist_dense.served_model import example_image
+from tests.conftest import BIN, DVC, experiments, sh, tracking_store, write_params
+from tests.servers import post, serve
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_mirror) -> tuple[Path, dict]:
-    """A git + DVC copy of this project whose download stage points at tiny data."""
-    mirror, checksums = tiny_mirror
-    project = tmp_path_factory.mktemp("project")
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "dvc.lock")):
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, project / name)
-    (project / "stages" / "mnist.sha256").write_text(
-        "".join(f"{digest}  {name}\n" for name, digest in checksums.items())
-    )
-    write_params(project, tracking={"enabled": True, "experiment": "e2e"})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "MNIST_MIRROR": str(mirror)}
-    env |= {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    sh("git", "init", "-q", "-b", "main", cwd=project, env=env)
-    sh("git", "add", "-A", cwd=project, env=env)
-    sh("git", "commit", "-q", "-m", "copy", cwd=project, env=env)
-    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
-    return project, env
+def client_of(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
 
 
 def runs(project: Path) -> list:
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = client_of(project)
     experiment = client.get_experiment_by_name("e2e")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def workspace_run(project: Path):
+    """The MLflow run that made the workspace's model (metrics/run.json names it)."""
+    run_id = json.loads((project / "metrics" / "run.json").read_text())["mlflow_run_id"]
+    return client_of(project).get_run(run_id)
+
+
+def stage_outputs(project: Path) -> list[str]:
+    """Every output dvc.yaml declares (outs, metrics and plots files)."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    return [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for stage in stages.values()
+        for kind in ("outs", "metrics", "plots")
+        for entry in stage.get(kind, [])
+    ]
 
 
 def test_repro_writes_metrics_and_lock(project):
@@ -78,35 +59,28 @@ def test_repro_writes_metrics_and_lock(project):
     assert 0.5 < metrics["test_accuracy"] <= 1.0
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert list(lock["stages"]) == ["download", "preprocess", "train", "evaluate"]
-    train_outs = {out["path"]: out for out in lock["stages"]["train"]["outs"]}
-    assert set(train_outs) == {
-        "models/model.keras",
-        "metrics/train.json",
-        "metrics/run.json",
-        "metrics/history.csv",
-    }
-    assert all(len(out["md5"]) == 32 for out in train_outs.values())
+    recorded = dvc_lock_outputs(project / "dvc.lock")
+    assert sorted(recorded) == sorted(stage_outputs(project))
+    assert all(len(md5.removesuffix(".dir")) == 32 for md5 in recorded.values())
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 3
     raw = lock["stages"]["download"]["outs"][0]
     assert raw["path"] == "data/raw" and raw["nfiles"] == 4
 
 
-def test_mlflow_run_holds_params_curves_test_metrics_and_model(project, monkeypatch):
+def test_mlflow_run_holds_params_curves_test_metrics_and_model(project):
     project, _ = project
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    (run,) = runs(project)[:1]
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = workspace_run(project)
+    client = client_of(project)
+    assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "3"
     assert run.data.params["train.hidden_units"] == "[32]"
     assert run.data.params["preprocess.split"] == "stratified"
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2, 3]
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluate["test_accuracy"])
-    assert run.data.metrics["test_loss"] == pytest.approx(evaluate["test_loss"])
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True
-    ).stdout.strip()
+    assert run.data.metrics["test_accuracy"] == evaluate["test_accuracy"]
+    assert run.data.metrics["test_loss"] == evaluate["test_loss"]
+    head = sh("git", "rev-parse", "HEAD", cwd=project).strip()
     assert run.data.tags["git.commit"] == head
     assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
@@ -115,21 +89,26 @@ def test_mlflow_run_holds_params_curves_test_metrics_and_model(project, monkeypa
         "figures/confusion_matrix.png",
         "figures/misclassified.png",
     }
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    assert model.metadata.signature is not None
-    run_info = json.loads((project / "metrics" / "run.json").read_text())
-    assert run_info["mlflow_run_id"] == run.info.run_id
+    with tracking_store(f"sqlite:///{project / 'mlflow.db'}"):
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.metadata.signature.inputs.input_names() == ["image", "pixels"]
+    x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:3]
+    answers = model.predict(pd.DataFrame({"pixels": [x.tolist() for x in x_test]}))
+    expected = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
+    assert answers["digit"].tolist() == expected.argmax(axis=1).tolist()
 
 
 def test_mlflow_run_records_what_reproduces_it(project):
     project, _ = project
-    (run,) = runs(project)[:1]
+    run = workspace_run(project)
     tags = run.data.tags
-    assert tags["git.dirty"] in ("true", "false")
-    for name in ("python", "tensorflow", "keras", "numpy", "platform", "cpu"):
-        assert tags[f"env.{name}"]
+    assert tags["git.dirty"] == "false"
+    for name in ("python", "tensorflow", "keras", "numpy", "platform", "cpu", "threads"):
+        assert tags[f"env.{name}"], name
     assert tags["env.keras"] == keras_version()
-    lock = lock_outputs(project)
+    assert tags["env.threads"] == "1"  # the tiny params' train.threads
+    assert tags["env.requirements_lock_sha256"] == sha256_of(project / "requirements.lock")
+    lock = dvc_lock_outputs(project / "dvc.lock")
     for path in ("data/raw", "data/processed", "models/model.keras"):
         assert tags[f"dvc.md5.{path}"] == lock[path]
     command = shlex.split(tags["reproduce.command"])
@@ -138,58 +117,13 @@ def test_mlflow_run_records_what_reproduces_it(project):
     assert overrides["train.epochs"] == "3" and overrides["train.hidden_units"] == "[32]"
     assert overrides["preprocess.split"] == "stratified"
     assert overrides["tracking.enabled"] == "true"
-    assert len(overrides) == len(run.data.params)
+    assert overrides == run.data.params
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def sha256_of(path: Path) -> str:
+    import hashlib
 
-
-def test_the_logged_model_is_served_over_http(project):
-    """`mlflow models serve` on the run's model answers predictions for two test digits."""
-    project, env = project
-    (run,) = runs(project)[:1]
-    x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:2]
-    y_test = np.load(project / "data" / "processed" / "y_test.npy", allow_pickle=False)[:2]
-    port = free_port()
-    env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    command = [str(BIN / "mlflow"), "models", "serve", "-m", f"runs:/{run.info.run_id}/model"]
-    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(
-        command,
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: stopping it stops its workers too
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "mlflow models serve exited"
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not answer /ping in 120 s"
-                time.sleep(0.5)
-        request = urllib.request.Request(
-            f"{url}/invocations",
-            data=json.dumps({"inputs": x_test.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            served = np.array(json.load(response)["predictions"])
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    local = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
-    assert served.shape == (2, 10)
-    np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
-    assert list(served.argmax(axis=1)) == list(y_test)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def keras_version() -> str:
@@ -198,23 +132,35 @@ def keras_version() -> str:
     return keras.__version__
 
 
+def test_the_logged_model_is_served_over_http(project):
+    """`mlflow models serve` on the run's model answers for pixel rows and for image files."""
+    project, env = project
+    run = workspace_run(project)
+    x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:2]
+    y_test = np.load(project / "data" / "processed" / "y_test.npy", allow_pickle=False)[:2]
+    local = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
+    with serve(f"runs:/{run.info.run_id}/model", project, env) as url:
+        rows = post(url, {"dataframe_records": [{"pixels": x.tolist()} for x in x_test]})
+        images = post(url, {"dataframe_records": [{"image": example_image(x)} for x in x_test]})
+    served = np.array([row["probabilities"] for row in rows["predictions"]])
+    np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
+    assert [row["digit"] for row in rows["predictions"]] == list(y_test)
+    assert [row["error"] for row in images["predictions"]] == [None, None]
+    assert all(row["digit"] in range(10) for row in images["predictions"])
+
+
 def test_second_repro_is_a_no_op(project):
     project, env = project
-    out = sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
+    out = sh(DVC, "repro", cwd=project, env=env)
     assert "Data and pipelines are up to date." in out
-
-
-def lock_outputs(project: Path) -> dict[str, str]:
-    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}
 
 
 def test_forced_rerun_reproduces_every_output_bit_for_bit(project):
     project, env = project
-    before, runs_before = lock_outputs(project), len(runs(project))
-    sh(str(BIN / "dvc"), "repro", "--force", "--no-run-cache", cwd=project, env=env)
-    after = lock_outputs(project)
-    assert len(after) == 9
+    before, runs_before = dvc_lock_outputs(project / "dvc.lock"), len(runs(project))
+    sh(DVC, "repro", "--force", "--no-run-cache", cwd=project, env=env)
+    after = dvc_lock_outputs(project / "dvc.lock")
+    assert sorted(after) == sorted(stage_outputs(project))
     assert after.pop("metrics/run.json") != before.pop("metrics/run.json")  # a new MLflow run
     assert after == before
     assert len(runs(project)) == runs_before + 1
@@ -222,13 +168,18 @@ def test_forced_rerun_reproduces_every_output_bit_for_bit(project):
 
 def test_verify_repro_reports_identical_outputs(project):
     project, env = project
-    out = sh(str(BIN / "python"), "-m", "scripts.verify_repro", cwd=project, env=env)
-    assert "OK: all 7 outputs bit-identical to dvc.lock" in out
-    assert out.count("identical") == 8  # 7 rows and the summary line
+    compared = [
+        path for path in dvc_lock_outputs(project / "dvc.lock", ("preprocess", "train", "evaluate"))
+    ]
+    out = sh(str(BIN / "python"), "-m", "commands.verify_repro", cwd=project, env=env)
+    assert f"OK: all {len(compared) - 1} outputs bit-identical to dvc.lock" in out
+    rows = [line for line in out.splitlines() if line.split(" ", 1)[0] in compared]
+    assert len(rows) == len(compared)
+    assert all(row.endswith(("identical", "differs by nature (run id, wall time)")) for row in rows)
 
 
 def test_verify_repro_flags_a_difference():
-    from scripts.verify_repro import compare
+    from commands.verify_repro import compare
 
     recorded = {"models/model.keras": "a" * 32, "metrics/run.json": "b" * 32}
     report, mismatches, compared = compare(recorded, {"models/model.keras": "c" * 32})
@@ -238,10 +189,10 @@ def test_verify_repro_flags_a_difference():
 
 def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(project):
     project, env = project
-    before = lock_outputs(project)
-    write_params(project, tracking={"enabled": True, "experiment": "e2e"}, train={"epochs": 10**5})
+    before = dvc_lock_outputs(project / "dvc.lock")
+    write_params(project, tracking={"enabled": True}, train={"epochs": 10**5})
     process = subprocess.Popen(
-        [str(BIN / "dvc"), "repro"],
+        [DVC, "repro"],
         cwd=project,
         env={**env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -257,38 +208,18 @@ def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(
     assert process.returncode != 0, output
     assert not (project / "models" / "model.keras").exists()
     assert not list(project.glob("**/.tmp-*"))
-    write_params(project, tracking={"enabled": True, "experiment": "e2e"})
-    sh(str(BIN / "dvc"), "repro", cwd=project, env=env)
-    after = lock_outputs(project)
+    write_params(project, tracking={"enabled": True})
+    sh(DVC, "repro", cwd=project, env=env)
+    after = dvc_lock_outputs(project / "dvc.lock")
     after.pop("metrics/run.json"), before.pop("metrics/run.json")
     assert after == before
-    assert "up to date" in sh(str(BIN / "dvc"), "status", cwd=project, env=env)
-
-
-def experiments(project: Path, env: dict) -> dict[str, dict]:
-    """{name: data} of every experiment `dvc exp show` lists."""
-    shown = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=project, env=env))
-    return {
-        exp["name"]: exp["revs"][0]["data"]
-        for rev in shown
-        for exp in (rev.get("experiments") or [])
-    }
+    assert "up to date" in sh(DVC, "status", cwd=project, env=env)
 
 
 def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     project, env = project
     runs_before = len(runs(project))
-    sh(
-        str(BIN / "dvc"),
-        "exp",
-        "run",
-        "-S",
-        "train.epochs=1",
-        "-n",
-        "one-epoch",
-        cwd=project,
-        env=env,
-    )
+    sh(DVC, "exp", "run", "--temp", "-S", "train.epochs=1", "-n", "one-epoch", cwd=project, env=env)
     data = experiments(project, env)["one-epoch"]
     assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
@@ -297,7 +228,7 @@ def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     latest = all_runs[-1]
     assert latest.data.tags["dvc.exp_name"] == "one-epoch"
     assert latest.info.run_name == "one-epoch"
-    assert latest.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+    assert latest.data.metrics["test_accuracy"] == accuracy
     assert latest.data.params["train.epochs"] == "1"
 
 
@@ -305,42 +236,34 @@ def test_run_cache_restores_a_training_without_a_new_mlflow_run(project):
     """Back to a configuration already trained: DVC restores it, and it still points at the
     MLflow run that produced its model."""
     project, env = project
-    dvc = str(BIN / "dvc")
-    sh(dvc, "exp", "run", "-S", "train.epochs=2", "-n", "two-epochs", cwd=project, env=env)
+    sh(DVC, "exp", "run", "--temp", "-S", "train.epochs=2", "-n", "cache-a", cwd=project, env=env)
+    sh(DVC, "exp", "run", "--temp", "-S", "train.epochs=4", "-n", "cache-b", cwd=project, env=env)
     runs_before = len(runs(project))
-    out = sh(dvc, "exp", "run", "-S", "train.epochs=1", "-n", "one-again", cwd=project, env=env)
+    out = sh(
+        DVC, "exp", "run", "--temp", "-S", "train.epochs=2", "-n", "cache-a-again",
+        cwd=project, env=env,
+    )  # fmt: skip
     assert "Stage 'train' is cached - skipping run" in out
     assert len(runs(project)) == runs_before
     shown = experiments(project, env)
-    run_id = shown["one-again"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
-    assert run_id == shown["one-epoch"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
-    assert {r.info.run_id: r.info.run_name for r in runs(project)}[run_id] == "one-epoch"
+    run_id = shown["cache-a-again"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
+    assert run_id == shown["cache-a"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
+    assert {r.info.run_id: r.info.run_name for r in runs(project)}[run_id] == "cache-a"
 
 
 def test_queued_sweep_with_two_workers_loses_nothing(project):
     project, env = project
-    dvc = str(BIN / "dvc")
     runs_before = {run.info.run_id for run in runs(project)}
     sh(
-        dvc,
-        "exp",
-        "run",
-        "--queue",
-        "-S",
-        "train.learning_rate=0.002,0.02",
-        "-S",
-        "train.batch_size=16,64",
-        "-S",
-        "train.epochs=1",
-        cwd=project,
-        env=env,
-    )
-    sh(dvc, "queue", "start", "-j", "2", cwd=project, env=env)
+        DVC, "exp", "run", "--queue", "-S", "train.learning_rate=0.002,0.02",
+        "-S", "train.batch_size=16,64", "-S", "train.epochs=1", cwd=project, env=env,
+    )  # fmt: skip
+    sh(DVC, "queue", "start", "-j", "2", cwd=project, env=env)
     deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", sh(dvc, "queue", "status", cwd=project, env=env)):
+    while re.search(r"\b(Queued|Running)\b", sh(DVC, "queue", "status", cwd=project, env=env)):
         assert time.monotonic() < deadline, "the queue did not finish in 10 minutes"
         time.sleep(2)
-    status = sh(dvc, "queue", "status", cwd=project, env=env)
+    status = sh(DVC, "queue", "status", cwd=project, env=env)
     assert "Failed" not in status, status
     baseline = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
     new_runs = [run for run in runs(project) if run.info.run_id not in runs_before]
@@ -353,9 +276,17 @@ def test_queued_sweep_with_two_workers_loses_nothing(project):
         data = shown[name]
         assert data["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"] == run.info.run_id
         accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
-        assert run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+        assert run.data.metrics["test_accuracy"] == accuracy
     swept = {
         (float(run.data.params["train.learning_rate"]), int(run.data.params["train.batch_size"]))
         for run in new_runs
     }
     assert swept == {(0.002, 16), (0.002, 64), (0.02, 16), (0.02, 64)}
+
+
+def test_history_csv_is_the_per_epoch_record_of_the_run(project):
+    project, _ = project
+    history = pd.read_csv(project / "metrics" / "history.csv")
+    run = workspace_run(project)
+    logged = client_of(project).get_metric_history(run.info.run_id, "val_loss")
+    assert [m.value for m in logged] == history["val_loss"].tolist()

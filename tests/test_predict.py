@@ -13,17 +13,18 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from stages import preprocess, train
-from stages.digit_image import (
+from commands.predict import predict_files
+from mnist_dense.cli import PipelineError
+from mnist_dense.digit_image import (
     DigitImageError,
     centre_of_mass,
     load_digit,
     read_grayscale,
     to_mnist,
 )
-from stages.model import build_model, save_model
-from stages.params import TrainParams
-from stages.predict import predict_files
+from mnist_dense.model import build_model, save_model
+from mnist_dense.params import TrainParams
+from stages import preprocess, train
 from tests.conftest import ROOT, SHARED_MIRROR, TINY_PARAMS, write_params
 
 
@@ -118,7 +119,7 @@ def untrained_model(tmp_path) -> Path:
 
 def predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stages.predict", *args],
+        [sys.executable, "-m", "commands.predict", *args],
         cwd=cwd,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -146,6 +147,40 @@ def test_a_folder_with_bad_files_reports_them_and_predicts_the_rest(tmp_path, un
     assert table["digit"].notna().sum() == 3 and table["error"].notna().sum() == 2
     assert table["digit"].dropna().between(0, 9).all()
     assert (table["probability"].dropna() >= table["probability_2"].dropna()).all()
+
+
+def test_the_csv_never_lands_in_the_folder_being_read(tmp_path, untrained_model):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    draw_seven(60, 0, 255, (100, 100), (20, 20)).save(folder / "seven.png")
+    result = predict_cli(".", "--model", str(untrained_model), cwd=folder)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: predictions.csv: lies in {folder}, a folder being read, where the next run "
+        "would read it as an image; pass --csv PATH outside it"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["seven.png"]
+    elsewhere = predict_cli(".", "--model", str(untrained_model), "--csv", "../out.csv", cwd=folder)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["file"].tolist() == ["seven.png"]
+
+
+def test_the_csv_never_overwrites_a_file_predict_did_not_write(tmp_path, untrained_model):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    draw_seven(60, 0, 255, (100, 100), (20, 20)).save(folder / "seven.png")
+    (tmp_path / "predictions.csv").write_text("name,amount\nrent,900\n")
+    result = predict_cli("scans", "--model", str(untrained_model), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: predictions.csv: exists and is not a predictions table; pass another --csv"
+    )
+    assert (tmp_path / "predictions.csv").read_text() == "name,amount\nrent,900\n"
+    (tmp_path / "predictions.csv").unlink()
+    for _ in range(2):  # its own table it replaces
+        again = predict_cli("scans", "--model", str(untrained_model), cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    assert pd.read_csv(tmp_path / "predictions.csv")["file"].tolist() == ["scans/seven.png"]
 
 
 def test_a_missing_model_is_one_clear_error(tmp_path):
@@ -178,7 +213,7 @@ def real_model(tmp_path_factory) -> Path:
 
 def test_real_use_images_are_read_correctly(real_model, monkeypatch):
     """The real-use check (scripts/real_use.py) in small: 200 redrawn test digits."""
-    from scripts.real_use import build
+    from commands.real_use import build
 
     monkeypatch.chdir(real_model)
     files, labels, styles = build(200, real_model / "real-use", seed=1)
@@ -187,6 +222,25 @@ def test_real_use_images_are_read_correctly(real_model, monkeypatch):
     results = predict_files(real_model / "models" / "model.keras", files)
     predicted = np.array([r.digit for r in results])
     assert (predicted == labels).mean() >= 0.9
+
+
+def test_real_use_never_deletes_a_folder_it_did_not_make(real_model, monkeypatch):
+    from commands.real_use import build
+
+    monkeypatch.chdir(real_model)
+    mine = real_model / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(PipelineError, match=r"--out .*notes: exists and was not made by real_use"):
+        build(5, mine)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(PipelineError, match="exists and was not made by real_use"):
+        build(5, Path("."))
+    assert (real_model / "params.yaml").is_file()
+    made = real_model / "made"
+    build(5, made)
+    again, _, _ = build(3, made)  # a folder it made itself is replaced as a whole
+    assert sorted(p.name for p in made.iterdir()) == sorted([".real-use", *(f.name for f in again)])
 
 
 def test_the_cli_reads_a_digit_from_a_png(real_model):

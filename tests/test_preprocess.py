@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from stages.cli import PipelineError
-from stages.files import load_arrays
-from stages.params import parse_params
-from stages.paths import PROCESSED_DIR, RAW_DIR
+from mnist_dense.cli import PipelineError
+from mnist_dense.files import load_arrays
+from mnist_dense.params import parse_params
+from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
 from stages.preprocess import preprocess
 from tests.conftest import synthetic_digits, tiny_params, write_idx
 
@@ -52,13 +52,11 @@ def test_tail_split_holds_out_the_last_images_like_keras(workdir):
     assert np.array_equal(arrays["y_train"], labels[:240])
 
 
-def test_onehot_labels(workdir):
-    onehot = tiny_params(
-        preprocess={"labels": "onehot"}, train={"loss": "categorical_crossentropy"}
-    )
-    arrays = preprocess(parse_params(onehot).preprocess)
-    assert arrays["y_train"].shape == (240, 10) and arrays["y_train"].dtype == np.float32
-    assert np.array_equal(arrays["y_train"].sum(axis=1), np.ones(240))
+def test_labels_are_always_integer_digits(workdir):
+    arrays = preprocess(parse_params(tiny_params()).preprocess)
+    for name in ("y_train", "y_val", "y_test"):
+        assert arrays[name].dtype == np.uint8 and arrays[name].ndim == 1, name
+        assert set(np.unique(arrays[name])) <= set(range(10)), name
 
 
 def test_image_and_label_counts_that_disagree(workdir):

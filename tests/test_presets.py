@@ -3,8 +3,8 @@ import shlex
 import pytest
 import yaml
 
-from scripts.presets import apply, exp_command, load_presets, markdown_table
-from stages.cli import PipelineError
+from commands.presets import apply, exp_command, load_presets, markdown_table
+from mnist_dense.cli import PipelineError
 from tests.conftest import ROOT
 
 PRESET_NAMES = ["seed-notebook", "onehot-adam-5", "sgd-onehot", "default", "best"]

@@ -1,52 +1,50 @@
-"""Team setup: one MLflow server on PostgreSQL for everyone's runs, and a DVC remote plus a git
-remote that carry data, models and experiments from one clone to another.
+"""The team stack, real, on one machine: PostgreSQL + SeaweedFS (S3) + `mlflow server` from
+`make team-up`, with the pipeline, the DVC remote on S3, the tuner and faults against it.
 
-Both run on the real dvc.yaml with tiny data, in the throwaway git + DVC copy of the project
-that test_pipeline builds. The PostgreSQL server, the MLflow server and the remotes live in
-temporary folders and are torn down even when a test fails.
+The stack lives in a folder of the test's own (MNIST_TEAM_HOME) on free ports of 127.0.0.1 and
+is stopped after the module, also when a test fails.
 """
 
 import glob
 import hashlib
 import json
 import os
-import pwd
 import shutil
-import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import suppress
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import mlflow
 import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from stages.model import load_model
-from tests.test_pipeline import BIN, experiments, free_port, sh
-from tests.test_pipeline import project as project  # the fixture: a git + DVC copy, repro'd
+from commands.team import PORTS
+from mnist_dense import services
+from mnist_dense.registry import ALIAS, MODEL_NAME
+from tests.conftest import DVC, ROOT, experiments, sh, tracking_store, write_mnist, write_params
+from tests.servers import gaps, train_with_outage
 
-DVC = str(BIN / "dvc")
-READY_TIMEOUT_S = 120
+TOOLS = ROOT / ".team" / "tools"
 
 
-def postgres_bin() -> Path | None:
-    """The folder holding initdb and pg_ctl: from PATH, else Debian's newest versioned one."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if initdb and pg_ctl:
-        return Path(initdb).resolve().parent  # the real folder, beside `postgres` itself
-    found = [Path(path).parent for path in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
-    found = [folder for folder in found if (folder / "pg_ctl").is_file()]
-    if not found:
-        return None
-    return max(found, key=lambda folder: [int(part) for part in folder.parent.name.split(".")])
+def team(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "commands.team", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
@@ -54,7 +52,7 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
 ):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(glob, "glob", lambda pattern: [])
-    assert postgres_bin() is None
+    assert services.postgres_bin() is None
     tools = {"9.6": ("initdb", "pg_ctl"), "15": ("initdb", "pg_ctl"), "16": ("initdb",)}
     for version, names in tools.items():
         (tmp_path / version / "bin").mkdir(parents=True)
@@ -62,191 +60,118 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
             (tmp_path / version / "bin" / name).touch()
     found = [str(tmp_path / version / "bin" / "initdb") for version in tools]
     monkeypatch.setattr(glob, "glob", lambda pattern: found)
-    assert postgres_bin() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl
-
-
-def unprivileged_user() -> str:
-    """initdb and postgres refuse to run as root: the account they run as when we are root."""
-    try:
-        return pwd.getpwnam("postgres").pw_name
-    except KeyError:
-        return "nobody"
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
-
-
-def wait_until(
-    ready: Callable[[], bool], what: str, log: Path, process: subprocess.Popen | None = None
-) -> None:
-    """Poll `ready()` until it is true; fail with the log's tail after READY_TIMEOUT_S."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not ready():
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"{what} exited with status {process.returncode}:\n{log_tail(log)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not ready after {READY_TIMEOUT_S} s:\n{log_tail(log)}")
-        time.sleep(0.5)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group a server leads (its workers too); SIGKILL after 30 s."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:  # already gone
-        process.wait()
+    assert services.postgres_bin() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """A throwaway PostgreSQL on 127.0.0.1 and a free port (socket in its own folder); its URI."""
-    binaries = postgres_bin()
-    if binaries is None:
-        pytest.skip(
-            "PostgreSQL not installed: initdb and pg_ctl are neither on PATH nor under "
-            "/usr/lib/postgresql/*/bin (apt-get install postgresql; .ci/run does)"
-        )
-    folder = Path(tempfile.mkdtemp(prefix="mlflow-postgres-"))  # not under pytest's root-only tmp
-    data, log, port = folder / "data", folder / "postgres.log", free_port()
-    prefix: list[str] = []
-    if os.getuid() == 0:
-        user = pwd.getpwnam(unprivileged_user())
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", user.pw_name, "--"]
+def stack(project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, str]]:
+    """`make team-up` for the project copy; yields the project, its environment after
+    `eval "$(make -s team-env)"`, the stack's settings and team-up's output."""
+    if not (TOOLS / "bin" / "weed").is_file():
+        pytest.skip("SeaweedFS is not installed in .team/tools (make team-tools; .ci/run does)")
+    if services.postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    folder, env = project
+    home = Path(tempfile.mkdtemp(prefix="team-"))  # PostgreSQL's user can enter it
+    env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}
+    started = team("up", env=env, cwd=folder)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        exported = team("env", env=env, cwd=folder).stdout
+        for line in exported.splitlines():
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = value.strip("'")
+        yield folder, env, json.loads((home / "stack.json").read_text()), started.stdout
+    finally:
+        team("down", env=env, cwd=folder)
+        shutil.rmtree(home, ignore_errors=True)
 
-    def pg(tool: str, *args: str) -> subprocess.CompletedProcess:
-        command = [*prefix, str(binaries / tool), *args]
-        return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
 
-    def ready() -> bool:
-        return pg("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)).returncode == 0
+def test_team_up_prints_one_line_per_server_and_is_idempotent(stack):
+    folder, env, settings, output = stack
+    lines = output.splitlines()
+    assert lines[0].startswith("PostgreSQL") and "postgresql://mlflow:***@127.0.0.1:" in lines[0]
+    assert lines[1] == f"S3 (SeaweedFS)  http://127.0.0.1:{settings['ports']['s3']}"
+    assert lines[2] == f"MLflow server   http://127.0.0.1:{settings['ports']['mlflow']}"
+    assert lines[3].endswith("?workflowType=machine_learning")
+    again = team("up", env=env, cwd=folder)
+    assert again.returncode == 0
+    assert [line.endswith("(already running)") for line in again.stdout.splitlines()[:3]] == [
+        True
+    ] * 3
+    local = (folder / ".dvc" / "config.local").read_text()
+    assert "s3://dvc/store" in local and "endpointurl" in local
+    committed = sh("git", "ls-files", cwd=folder)
+    assert ".dvc/config.local" not in committed and ".team" not in committed
+    assert settings["s3_secret_key"] not in (folder / ".dvc" / "config").read_text()
 
-    initdb = pg(
-        "initdb", "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync"
+
+def objects(env: dict, bucket: str) -> list[str]:
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
     )
-    if initdb.returncode != 0:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.fail(f"initdb failed:\n{initdb.stdout}\n{initdb.stderr}")
-    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
-    try:
-        started = pg("pg_ctl", "start", "-D", str(data), "-l", str(log), "-o", options, "-W")
-        assert started.returncode == 0, f"pg_ctl start failed:\n{started.stderr}\n{log_tail(log)}"
-        wait_until(ready, "PostgreSQL", log)
-        created = pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
-        assert created.returncode == 0, f"createdb failed:\n{created.stderr}"
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        if pg("pg_ctl", "stop", "-D", str(data), "-m", "immediate", "-w").returncode != 0:
-            pid_file = data / "postmaster.pid"  # pg_ctl could not stop it: kill it ourselves
-            if pid_file.exists():
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """`mlflow server` on that PostgreSQL, serving artifacts from a temporary folder.
-
-    Yields its http URI and the artifact folder.
-    """
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    artifacts, log, port = folder / "artifacts", folder / "server.log", free_port()
-    command = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres]
-    command += ["--artifacts-destination", str(artifacts), "--serve-artifacts"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "wb") as output:
-        server = subprocess.Popen(
-            command,
-            cwd=folder,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopping it stops its workers
-        )
-    uri = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    try:
-        wait_until(ready, "mlflow server", log, server)
-        yield uri, artifacts
-    finally:
-        stop_group(server)
-
-
-def test_pipeline_logs_to_a_team_server_on_postgresql(project, postgres, mlflow_server, tmp_path):
-    """train and evaluate with MLFLOW_TRACKING_URI=http://...: everything lands on the server,
-    its runs in PostgreSQL and its files in the server's artifact destination."""
-    project, env = project
-    uri, artifacts = mlflow_server
-    env = env | {"MLFLOW_TRACKING_URI": uri}
-    sh(DVC, "repro", "--force", "--no-run-cache", "-s", "train", "evaluate", cwd=project, env=env)
-
+def test_the_pipeline_logs_to_the_stack_and_its_champion_loads_back(stack):
+    folder, env, _, _ = stack
+    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
+    uri = env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("e2e")
-    (run,) = client.search_runs([experiment.experiment_id])
-    run_id = run.info.run_id
-    assert json.loads((project / "metrics" / "run.json").read_text())["mlflow_run_id"] == run_id
+    run_id = json.loads((folder / "metrics" / "run.json").read_text())["mlflow_run_id"]
+    run = client.get_run(run_id)
     assert run.data.params["train.epochs"] == "3"
-    assert run.data.params["train.hidden_units"] == "[32]"
-    assert run.data.params["tracking.experiment"] == "e2e"
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        history = client.get_metric_history(run_id, name)
-        assert [m.step for m in history] == [1, 2, 3], name
-        assert all(np.isfinite(m.value) for m in history), name
-    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluate["test_accuracy"])
-    assert run.data.metrics["test_loss"] == pytest.approx(evaluate["test_loss"])
+    evaluate = json.loads((folder / "metrics" / "evaluate.json").read_text())
+    assert run.data.metrics["test_accuracy"] == evaluate["test_accuracy"]
 
-    # the run is a row of the PostgreSQL store, with one val_accuracy row per epoch
-    with psycopg.connect(postgres) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT name FROM runs WHERE run_uuid = %s", (run_id,))
-        assert cursor.fetchall() == [(run.info.run_name,)]
+    # params, per-epoch curves and test metrics are rows of the stack's PostgreSQL
+    database = env["MNIST_TUNE_STORAGE"].rsplit("/", 1)[0] + "/mlflow"
+    with psycopg.connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT value FROM params WHERE run_uuid = %s AND key = 'train.epochs'", (run_id,)
+        )
+        assert cursor.fetchall() == [("3",)]
         cursor.execute(
             "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'val_accuracy' ORDER BY step",
             (run_id,),
         )
         assert cursor.fetchall() == [(1,), (2,), (3,)]
+        cursor.execute(
+            "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'test_accuracy'",
+            (run_id,),
+        )
+        assert cursor.fetchall() == [(evaluate["test_accuracy"],)]
 
-    # artifacts went up through the server into its destination folder
-    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    listed = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert listed == {
-        "figures/training_curves.png",
-        "figures/confusion_matrix.png",
-        "figures/misclassified.png",
-    }
-    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} >= {
-        "evaluation/per_class.csv"
-    }
-    assert list(artifacts.rglob("training_curves.png"))
-    assert len(list(artifacts.rglob("MLmodel"))) == 1
+    # figures and the model are objects in the S3 bucket, put there by the server
+    keys = objects(env, "mlflow")
+    for figure in ("training_curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert any(k.endswith(f"{run_id}/artifacts/figures/{figure}") for k in keys), figure
+    model_files = [k for k in keys if k.endswith("artifacts/model.keras")]
+    assert model_files
+    model_bytes = (folder / "models" / "model.keras").read_bytes()
+    s3 = boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
+    )  # fmt: skip
+    stored = [s3.get_object(Bucket="mlflow", Key=k)["Body"].read() for k in model_files]
+    assert model_bytes in stored
 
-    # the logged model, fetched from the server, predicts what the model file predicts
-    (logged,) = client.search_logged_models([experiment.experiment_id])
-    assert (logged.name, logged.source_run_id) == ("model", run_id)
-    assert logged.artifact_location.startswith("mlflow-artifacts:")
-    local_copy = mlflow.artifacts.download_artifacts(  # explicit URI: no global MLflow state
-        artifact_uri=logged.artifact_location, dst_path=str(tmp_path), tracking_uri=uri
-    )
-    model = mlflow.pyfunc.load_model(local_copy)
-    assert model.metadata.signature is not None
-    x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:4]
-    expected = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
-    np.testing.assert_allclose(model.predict(x_test), expected, rtol=1e-5, atol=1e-6)
+    # the registered champion loads back through the server and predicts as the model file does
+    x_test = np.load(folder / "data" / "processed" / "x_test.npy", allow_pickle=False)[:4]
+    with tracking_store(uri):
+        champion = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{ALIAS}")
+    answers = model.predict(pd.DataFrame({"pixels": [x.tolist() for x in x_test]}))
+    from mnist_dense.model import load_model
+
+    expected = load_model(folder / "models" / "model.keras").predict(x_test, verbose=0)
+    assert champion.run_id in {r.info.run_id for r in client.search_runs([run.info.experiment_id])}
+    assert answers["digit"].tolist() == expected.argmax(axis=1).tolist()
 
 
 def file_md5(path: Path) -> str:
@@ -261,67 +186,187 @@ def contents(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def remotes(project, tmp_path_factory) -> tuple[Path, Path]:
-    """Clone A committed and pushed: git to a bare repository (`origin`), DVC-cached outputs
-    to a local-folder DVC remote (the default remote, recorded in .dvc/config)."""
-    project, env = project
-    folder = tmp_path_factory.mktemp("remotes")
-    origin, storage = folder / "origin.git", folder / "dvc-storage"
+def clone(stack, tmp_path_factory) -> Path:
+    """Clone A (the project) committed, pushed to a bare git origin and `dvc push`ed to S3;
+    clone B a fresh `git clone` that ran team-up's remote set-up and `dvc pull`."""
+    folder, env, _, _ = stack
+    origin = tmp_path_factory.mktemp("origin") / "origin.git"
     sh("git", "init", "-q", "--bare", "-b", "main", str(origin), cwd=folder, env=env)
-    sh(DVC, "remote", "add", "-d", "storage", str(storage), cwd=project, env=env)
-    sh("git", "add", "-A", cwd=project, env=env)
-    sh("git", "commit", "-q", "-m", "pipeline outputs; DVC remote", cwd=project, env=env)
-    sh("git", "remote", "add", "origin", str(origin), cwd=project, env=env)
-    sh("git", "push", "-q", "origin", "main", cwd=project, env=env)
-    sh(DVC, "push", cwd=project, env=env)
-    return origin, storage
-
-
-@pytest.fixture(scope="module")
-def clone(project, remotes, tmp_path_factory) -> Path:
-    """Clone B: a fresh `git clone` of origin, with its own DVC cache, after `dvc pull`."""
-    _, env = project
-    origin, _ = remotes
+    sh("git", "add", "-A", cwd=folder, env=env)
+    sh("git", "commit", "-q", "-m", "pipeline outputs", cwd=folder, env=env)
+    sh("git", "remote", "add", "origin", str(origin), cwd=folder, env=env)
+    sh("git", "push", "-q", "origin", "main", cwd=folder, env=env)
+    started = time.perf_counter()
+    print(sh(DVC, "push", cwd=folder, env=env).strip(), f"in {time.perf_counter() - started:.1f} s")
     clone = tmp_path_factory.mktemp("clone-b") / "project"
     sh("git", "clone", "-q", str(origin), str(clone), cwd=clone.parent, env=env)
-    assert not (clone / "models" / "model.keras").exists()
-    sh(DVC, "pull", cwd=clone, env=env)
+    assert team("up", env=env, cwd=clone).returncode == 0  # the stack is up: remote set-up only
+    started = time.perf_counter()
+    print(sh(DVC, "pull", cwd=clone, env=env).strip(), f"in {time.perf_counter() - started:.1f} s")
     return clone
 
 
-def test_a_fresh_clone_pulls_every_output_bit_for_bit(project, remotes, clone):
-    project, env = project
-    _, storage = remotes
-    assert list((storage / "files" / "md5").rglob("*")), "dvc push left the remote empty"
+def test_dvc_push_to_s3_and_pull_in_a_fresh_clone_is_bit_identical(stack, clone):
+    folder, env, _, _ = stack
+    assert any(k.startswith("store/files/md5/") for k in objects(env, "dvc"))
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    assert (clone / "dvc.lock").read_bytes() == (project / "dvc.lock").read_bytes()
     outs = [out for stage in lock["stages"].values() for out in stage.get("outs", [])]
-    paths = {out["path"] for out in outs}
-    assert paths >= {"data/raw", "data/processed", "models/model.keras", "metrics/evaluate.json"}
-    assert list((clone / ".dvc" / "cache" / "files" / "md5").rglob("*")), "clone B's own cache"
     for out in outs:
-        pulled, original = contents(clone / out["path"]), contents(project / out["path"])
+        pulled, original = contents(clone / out["path"]), contents(folder / out["path"])
         assert pulled and pulled == original, out["path"]
-        if "nfiles" not in out:  # a file: DVC's md5 is that of its bytes
-            assert pulled["."] == out["md5"], out["path"]
-    assert "up to date" in sh(DVC, "status", cwd=clone, env=env)
     assert "Data and pipelines are up to date." in sh(DVC, "repro", cwd=clone, env=env)
 
 
-def test_an_experiment_travels_through_the_git_and_dvc_remotes(project, clone):
-    project, env = project
-    baseline_model = file_md5(clone / "models" / "model.keras")
-    sh(DVC, "exp", "run", "-n", "shared-exp", "-S", "train.epochs=1", cwd=project, env=env)
-    evaluate = (project / "metrics" / "evaluate.json").read_bytes()
-    model = file_md5(project / "models" / "model.keras")
-    assert model != baseline_model
-    sh(DVC, "exp", "push", "origin", "shared-exp", cwd=project, env=env)
-
+def test_an_experiment_travels_through_git_and_the_s3_remote(stack, clone):
+    folder, env, _, _ = stack
+    sh(DVC, "exp", "run", "-n", "shared-exp", "-S", "train.epochs=1", cwd=folder, env=env)
+    model = file_md5(folder / "models" / "model.keras")
+    sh(DVC, "exp", "push", "origin", "shared-exp", cwd=folder, env=env)
     assert "shared-exp" not in experiments(clone, env)
     sh(DVC, "exp", "pull", "origin", "shared-exp", cwd=clone, env=env)
-    shown = experiments(clone, env)["shared-exp"]
-    assert shown["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
-    assert shown["metrics"]["metrics/evaluate.json"]["data"] == json.loads(evaluate)
+    assert (
+        experiments(clone, env)["shared-exp"]["params"]["params.yaml"]["data"]["train"]["epochs"]
+        == 1
+    )
     sh(DVC, "exp", "apply", "shared-exp", cwd=clone, env=env)
-    assert (clone / "metrics" / "evaluate.json").read_bytes() == evaluate
-    assert file_md5(clone / "models" / "model.keras") == model  # from the DVC remote
+    assert file_md5(clone / "models" / "model.keras") == model  # from the S3 remote
+    sh("git", "checkout", "--", ".", cwd=folder, env=env)  # back to the committed workspace
+    sh(DVC, "checkout", "--force", cwd=folder, env=env)
+
+
+def test_two_tuner_workers_share_a_study_in_the_stacks_postgresql(stack):
+    folder, env, _, _ = stack
+    (folder / "space.yaml").write_text(
+        yaml.safe_dump({"train.learning_rate": {"low": 0.003, "high": 0.03, "log": True}})
+    )
+    command = [sys.executable, "-m", "commands.tune", "--space", "space.yaml", "--trials", "2"]
+    command += ["--study", "team-study", "-S", "train.epochs=2"]  # the storage: team-env's
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        output = worker.communicate(timeout=900)[0]
+        assert worker.returncode == 0, output
+    import optuna
+
+    trials = optuna.load_study(study_name="team-study", storage=env["MNIST_TUNE_STORAGE"]).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("e2e").experiment_id],
+        "tags.`optuna.study` = 'team-study'",
+    )
+    assert sorted(r.info.run_name for r in runs if "optuna.trial" in r.data.tags) == [
+        f"team-study-{n}" for n in range(4)
+    ]
+
+
+def test_the_object_store_stopped_during_a_push_fails_clearly_and_a_retry_completes(stack):
+    folder, env, _, _ = stack
+    big = folder / "big.bin"
+    big.write_bytes(os.urandom(200 * 2**20))  # large enough to be mid-transfer when it stops
+    sh(DVC, "add", "big.bin", cwd=folder, env=env)
+    push = subprocess.Popen([DVC, "push", "big.bin"], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    time.sleep(1.0)
+    assert team("stop", "s3", env=env, cwd=folder).returncode == 0
+    output = push.communicate(timeout=300)[0]
+    try:
+        assert push.returncode != 0, output
+        assert "ERROR" in output and "failed to push" in output.lower(), output
+    finally:
+        assert team("up", env=env, cwd=folder).returncode == 0
+    retried = sh(DVC, "push", "big.bin", cwd=folder, env=env)
+    assert "1 file pushed" in retried
+    status = sh(DVC, "status", "--cloud", "big.bin.dvc", cwd=folder, env=env)
+    assert "Cache and remote 'team' are in sync" in status
+    sh(DVC, "remove", "big.bin.dvc", cwd=folder, env=env)
+    big.unlink()
+
+
+class StackServer:
+    """The stack's MLflow server as train_with_outage wants it: stop(), start(), uri."""
+
+    def __init__(self, folder: Path, env: dict) -> None:
+        self.folder, self.env, self.uri, self.back_at = (
+            folder,
+            env,
+            env["MLFLOW_TRACKING_URI"],
+            None,
+        )
+
+    def stop(self) -> None:
+        assert team("stop", "mlflow", env=self.env, cwd=self.folder).returncode == 0
+
+    def start(self) -> None:
+        assert team("up", env=self.env, cwd=self.folder).returncode == 0
+        self.back_at = time.monotonic()
+
+
+def test_the_mlflow_server_restarted_mid_training_loses_nothing(stack, tmp_path):
+    folder, env, _, _ = stack
+    write_mnist(tmp_path / "data" / "raw", train_count=10000, test_count=200)
+    write_params(
+        tmp_path, train={"hidden_units": [512, 512], "epochs": 20}, tracking={"enabled": True}
+    )
+    run_env = env | {"PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [sys.executable, "-m", "stages.preprocess"], cwd=tmp_path, env=run_env, check=True
+    )
+    server = StackServer(folder, env)
+    process, stderr, epochs = train_with_outage(
+        tmp_path, server, restart_after=6, wait_s="120", env=run_env
+    )
+    assert process.returncode == 0, stderr
+    between = gaps(epochs)
+    assert max(between) < 2.5 * sorted(between)[len(between) // 2] + 0.5, between
+    run_id = json.loads((tmp_path / "metrics" / "run.json").read_text())["mlflow_run_id"]
+    history = MlflowClient(server.uri).get_metric_history(run_id, "val_accuracy")
+    assert [m.step for m in history] == list(range(1, 21))
+
+
+def test_data_survives_a_down_up_cycle(stack):
+    folder, env, _, _ = stack
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.create_run(client.get_experiment_by_name("e2e").experiment_id, run_name="survivor")
+    client.log_text(run.info.run_id, "kept", "note.txt")
+    assert team("down", env=env, cwd=folder).returncode == 0
+    assert team("up", env=env, cwd=folder).returncode == 0
+    assert client.get_run(run.info.run_id).info.run_name == "survivor"
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in objects(env, "mlflow"))
+
+
+def test_a_port_in_use_or_a_missing_binary_is_one_line_and_leaves_nothing_running(project):
+    folder, env = project
+    home = Path(tempfile.mkdtemp(prefix="team-"))
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    ports = {name: services.free_port() for name in PORTS} | {"postgres": port}
+    stack = {"ports": ports, "postgres_password": "x" * 16, "s3_access_key": "k"}
+    (home / "stack.json").write_text(json.dumps(stack | {"s3_secret_key": "s"}))
+    env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}
+    try:
+        result = team("up", env=env, cwd=folder)
+    finally:
+        blocker.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: PostgreSQL: port {port} on 127.0.0.1 is in use by another program; nothing left "
+        f"running (logs: {home / 's3.log'}, {home / 'mlflow.log'})"
+    ]
+    assert not list(home.glob("*.pid"))
+    missing = team("up", env=env | {"MNIST_TEAM_TOOLS": str(home / "nowhere")}, cwd=folder)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().startswith(
+        f"error: SeaweedFS: {home / 'nowhere' / 'bin' / 'weed'} is missing"
+    )
+    shutil.rmtree(home, ignore_errors=True)

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.evaluate import evaluate, score
-from stages.model import (
+from mnist_dense.model import (
     FusedAdam,
     _number_shared_objects,
     build_model,
@@ -18,8 +17,8 @@ from stages.model import (
     make_loss,
     make_optimizer,
 )
-from stages.params import load_params, parse_params
-from stages.paths import (
+from mnist_dense.params import load_params, parse_params
+from mnist_dense.paths import (
     HISTORY,
     MODEL,
     PER_CLASS,
@@ -28,6 +27,7 @@ from stages.paths import (
     TEST_METRICS,
     TRAIN_METRICS,
 )
+from stages.evaluate import evaluate, score
 from stages.preprocess import preprocess
 from stages.train import train
 from tests.conftest import ROOT, tiny_params, write_params
@@ -101,13 +101,13 @@ def test_fused_adam_follows_keras_adam_to_the_last_bits():
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
-def test_cosine_schedule_decays_to_zero():
+def test_cosine_schedule_decays_to_zero_along_a_half_cosine():
     params = parse_params(tiny_params(train={"lr_schedule": "cosine", "epochs": 4})).train
-    schedule = make_optimizer(params, steps_per_epoch=10).learning_rate
-    optimizer = make_optimizer(params, steps_per_epoch=10)
-    assert float(optimizer._learning_rate(0)) == pytest.approx(0.01)
-    assert float(optimizer._learning_rate(40)) == pytest.approx(0.0, abs=1e-9)
-    assert schedule is not None
+    rate = make_optimizer(params, steps_per_epoch=10)._learning_rate
+    assert float(rate(0)) == pytest.approx(0.01)
+    assert float(rate(10)) == pytest.approx(0.01 * (1 + np.cos(np.pi / 4)) / 2)
+    assert float(rate(20)) == pytest.approx(0.005)
+    assert float(rate(40)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_train_writes_model_history_and_metrics(processed):
@@ -170,13 +170,25 @@ def test_evaluate_scores_the_model_on_the_test_set(processed):
     assert (predictions["actual"] == predictions["predicted"]).mean() == metrics["test_accuracy"]
 
 
-def test_onehot_labels_train_and_evaluate(workdir):
-    write_params(
-        workdir, preprocess={"labels": "onehot"}, train={"loss": "categorical_crossentropy"}
-    )
+def test_categorical_loss_trains_on_integer_labels_and_evaluates(workdir):
+    write_params(workdir, train={"loss": "categorical_crossentropy"})
     preprocess(load_params().preprocess)
     train(load_params())
     assert evaluate()["test_accuracy"] > 0.5
+
+
+def test_categorical_loss_is_the_sparse_one_on_one_hot_targets():
+    """One param decides the encoding: integer labels, one-hot in the graph for the
+    categorical loss, with the same value as Keras' own loss on one-hot arrays."""
+    labels = np.array([3, 0, 9, 9], np.uint8)
+    probabilities = keras.ops.softmax(np.random.default_rng(1).normal(size=(4, 10)))
+    categorical = make_loss(
+        parse_params(tiny_params(train={"loss": "categorical_crossentropy"})).train
+    )
+    reference = keras.losses.CategoricalCrossentropy()(
+        np.eye(10, dtype=np.float32)[labels], probabilities
+    )
+    assert float(categorical(labels, probabilities)) == float(reference)
 
 
 def test_score_on_known_predictions():
@@ -229,3 +241,43 @@ def test_training_with_distortions_and_batch_norm_is_reproducible(processed):
     train(load_params())
     assert sha256(MODEL) == first
     assert history["val_accuracy"].iloc[-1] > 0.3  # learns through the distortions
+
+
+def test_mixed_bfloat16_training_is_deterministic_and_keeps_float32_outputs(processed):
+    """Forced where the CPU lacks bfloat16 units (as here), so the bfloat16 path itself is
+    checked: two processes give the same bytes, and another model than float32's."""
+    write_params(processed, train={"precision": "mixed_bfloat16"})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_BF16": "force"}
+    hashes = []
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "stages.train"], env=env, check=True)
+        hashes.append(sha256(MODEL))
+    assert hashes[0] == hashes[1]
+    model = load_model(MODEL)
+    assert model.get_layer("hidden_1").compute_dtype == "bfloat16"
+    assert model.get_layer("digit").compute_dtype == "float32"  # probabilities and loss
+    write_params(processed)
+    subprocess.run([sys.executable, "-m", "stages.train"], env=env, check=True)
+    assert sha256(MODEL) != hashes[0]
+
+
+def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(processed, monkeypatch):
+    from mnist_dense import model as model_module
+    from mnist_dense.lineage import cpu_flags
+
+    monkeypatch.delenv("MNIST_BF16", raising=False)
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: ["avx2", "avx512f"])
+    assert model_module.precision_policy("mixed_bfloat16") == "float32"
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: ["avx512f", "avx512_bf16"])
+    assert model_module.precision_policy("mixed_bfloat16") == "mixed_bfloat16"
+    write_params(processed, train={"precision": "mixed_bfloat16"})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train"], env=env, capture_output=True, text=True, check=True
+    )
+    if model_module.BF16_UNITS & set(cpu_flags()):
+        assert "training in float32" not in result.stderr  # a CPU with bfloat16 units
+    else:
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("warning:")]
+        assert line.startswith("warning: train.precision=mixed_bfloat16: this CPU has no bfloat16")
+        assert load_model(MODEL).get_layer("hidden_1").compute_dtype == "float32"

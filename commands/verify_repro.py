@@ -1,7 +1,7 @@
 """Prove the recorded results reproduce: re-run preprocess, train and evaluate from scratch in
 a scratch copy of the project and compare every output's hash with this project's dvc.lock.
 
-    make verify-repro          (or: python -m scripts.verify_repro)
+    make verify-repro          (or: python -m commands.verify_repro)
 
 Exit status 0 when every output is bit-identical, 1 otherwise. metrics/run.json (the MLflow
 run id and wall time) differs by nature and is reported but not compared. The scratch copy
@@ -9,14 +9,12 @@ shares this project's DVC cache and logs to its own, discarded, MLflow store.
 """
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+from mnist_dense.lineage import clean_environment, copy_project, dvc_lock_outputs
 
 STAGES = ("preprocess", "train", "evaluate")
 DIFFERS_BY_NATURE = {"metrics/run.json"}
@@ -29,19 +27,9 @@ def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
     return result.stdout
 
 
-def outputs(lock_file: Path) -> dict[str, str]:
-    """{output path: md5} of the compared stages in a dvc.lock."""
-    stages = yaml.safe_load(lock_file.read_text())["stages"]
-    return {out["path"]: out["md5"] for stage in STAGES for out in stages[stage].get("outs", [])}
-
-
 def scratch_copy(root: Path, scratch: Path) -> None:
     """The project's files (tracked or not ignored), its raw data, and a link to its cache."""
-    listed = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=root)
-    for name in filter(None, listed.split("\0")):
-        if (root / name).is_file():
-            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / name, scratch / name)
+    copy_project(root, scratch)
     sh("git", "init", "-q", cwd=scratch)
     sh("dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache"), cwd=scratch)
     sh("dvc", "checkout", "--quiet", "download", cwd=scratch)
@@ -67,8 +55,8 @@ def main() -> None:
     root = Path.cwd()
     if json.loads(sh("dvc", "status", "--json", cwd=root)):
         sys.exit("error: the workspace differs from dvc.lock; run `dvc repro` first")
-    recorded = outputs(root / "dvc.lock")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    recorded = dvc_lock_outputs(root / "dvc.lock", STAGES)
+    env = clean_environment()
     with tempfile.TemporaryDirectory(prefix="verify-repro-") as folder:
         scratch = Path(folder)
         scratch_copy(root, scratch)
@@ -83,7 +71,7 @@ def main() -> None:
             cwd=scratch,
             env=env,
         )
-        rerun = outputs(scratch / "dvc.lock")
+        rerun = dvc_lock_outputs(scratch / "dvc.lock", STAGES)
     report, mismatches, compared = compare(recorded, rerun)
     print(report)
     if mismatches:

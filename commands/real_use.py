@@ -3,25 +3,26 @@
 Takes MNIST *test* digits (never trained on) and redraws each as a photo or scan might show
 it: larger, on a bigger canvas, off-centre, mostly dark ink on light paper of some colour
 (some light on dark, some plain gray), softened by blur, with sensor noise, saved as PNG,
-JPEG, BMP or GIF. Then it runs every file through `stages.predict` exactly as a user would
+JPEG, BMP or GIF. Then it runs every file through `commands.predict` exactly as a user would
 and prints the share read correctly.
 
-    python -m scripts.real_use [--count 1000] [--out data/real-use] [--model models/model.keras]
+    python -m commands.real_use [--count 1000] [--out data/real-use] [--model models/model.keras]
 """
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from stages.cli import run
-from stages.paths import MODEL, RAW_DIR
-from stages.predict import predict_files
+from commands.predict import predict_files
+from mnist_dense.cli import PipelineError, run
+from mnist_dense.files import atomic_path
+from mnist_dense.paths import MODEL, RAW_DIR
 from stages.preprocess import load_images_and_labels
 
 FORMATS = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "GIF": "gif"}
+MARKER = ".real-use"  # marks a folder real_use made, the only kind it replaces
 
 
 def redraw(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
@@ -52,28 +53,32 @@ def redraw(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, st
 
 def build(count: int, out: Path, seed: int = 0) -> tuple[list[Path], np.ndarray, list[str]]:
     """Write `count` redrawn test digits into `out`; return their files, labels and styles."""
+    made_here = (out / MARKER).is_file()
+    if out.exists() and not made_here and (not out.is_dir() or any(out.iterdir())):
+        raise PipelineError(
+            f"--out {out}: exists and was not made by real_use; name a new or empty folder"
+        )
     images, labels = load_images_and_labels(RAW_DIR, "t10k")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(images), size=count, replace=False)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    files, styles = [], []
-    for n, index in enumerate(chosen):
-        image, style = redraw(images[index], rng)
-        fmt = str(rng.choice(list(FORMATS)))
-        path = out / f"{n:05d}-label{labels[index]}.{FORMATS[fmt]}"
-        image.save(path, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        files.append(path)
-        styles.append(style)
-    return files, labels[chosen], styles
+    names, styles = [], []
+    with atomic_path(out) as temp:  # replaces a folder real_use made before, as a whole
+        temp.mkdir()
+        (temp / MARKER).write_text("made by python -m commands.real_use; replaced on each run\n")
+        for n, index in enumerate(chosen):
+            image, style = redraw(images[index], rng)
+            fmt = str(rng.choice(list(FORMATS)))
+            names.append(f"{n:05d}-label{labels[index]}.{FORMATS[fmt]}")
+            image.save(temp / names[-1], format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            styles.append(style)
+    return [out / name for name in names], labels[chosen], styles
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.real_use", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m commands.real_use", description=__doc__)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("data/real-use"))
-    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--model", default=str(MODEL))
     args = parser.parse_args()
     files, labels, styles = build(args.count, args.out)
     results = predict_files(args.model, files)

@@ -5,27 +5,26 @@ dropout when train.dropout > 0) -> 10 softmax outputs. Everything comes from par
 """
 
 import json
+import os
+import sys
 import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from stages.files import atomic_path
-from stages.params import TrainParams
+from mnist_dense.files import atomic_path
+from mnist_dense.lineage import cpu_flags
+from mnist_dense.params import TrainParams
+from mnist_dense.shape import CLASSES, PIXELS
 
-PIXELS = 784
-CLASSES = 10
-OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-}
+EVAL_BATCH = 2000  # images per forward pass wherever a model scores a data set
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 
 
-def build_model(params: TrainParams) -> keras.Sequential:
+def build_model(params: TrainParams, precision: str = "float32") -> keras.Sequential:
+    """The network, in the global dtype policy `precision` (precision_policy's answer)."""
     model = keras.Sequential(name="mnist_dense")
     model.add(keras.Input(shape=(PIXELS,), name="pixels"))
     for number, units in enumerate(params.hidden_units, start=1):
@@ -40,8 +39,31 @@ def build_model(params: TrainParams) -> keras.Sequential:
             )
         if params.dropout > 0:
             model.add(keras.layers.Dropout(params.dropout, name=f"dropout_{number}"))
-    model.add(keras.layers.Dense(CLASSES, activation="softmax", name="digit"))
+    # under mixed precision the probabilities (and so the loss) stay float32
+    output_dtype = "float32" if precision != "float32" else None
+    model.add(keras.layers.Dense(CLASSES, activation="softmax", name="digit", dtype=output_dtype))
     return model
+
+
+BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPUs that multiply bfloat16 natively
+
+
+def precision_policy(requested: str) -> str:
+    """The Keras dtype policy to train with. mixed_bfloat16 (bfloat16 matrix products, float32
+    variables and loss) only pays where the CPU has bfloat16 units; elsewhere TensorFlow
+    emulates them, slower than float32, so training falls back to float32 with a warning
+    (MNIST_BF16=force trains in bfloat16 anyway, as the tests do)."""
+    if requested == "float32" or BF16_UNITS & set(cpu_flags()):
+        return requested
+    if os.environ.get("MNIST_BF16") == "force":
+        return requested
+    print(
+        f"warning: train.precision={requested}: this CPU has no bfloat16 units "
+        f"({' or '.join(sorted(BF16_UNITS))}), so bfloat16 would be emulated and slower; "
+        "training in float32",
+        file=sys.stderr,
+    )
+    return "float32"
 
 
 class FusedAdam(keras.optimizers.Adam):
@@ -84,9 +106,10 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
         )
     elif warmup:
         learning_rate = WarmupConstant(params.learning_rate, warmup)
-    optimizer = OPTIMIZERS[params.optimizer]
     if params.fused_adam and params.optimizer in ("adam", "adamw"):
         optimizer = FusedAdam
+    else:  # Keras' own class for the name (Adam, AdamW, SGD, RMSprop)
+        optimizer = type(keras.optimizers.get(params.optimizer))
     return optimizer(
         learning_rate=learning_rate,
         weight_decay=params.weight_decay or None,
@@ -108,11 +131,15 @@ class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
-class SparseSmoothedCrossentropy(keras.losses.Loss):
-    """Cross-entropy of integer labels with label smoothing, which Keras' sparse loss lacks."""
+class OneHotCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy of integer labels, one-hot encoded in the graph.
+
+    The data always holds integer labels; this is `train.loss: categorical_crossentropy`,
+    and the sparse loss with label smoothing, which Keras' sparse loss lacks.
+    """
 
     def __init__(self, label_smoothing: float) -> None:
-        super().__init__(name="sparse_smoothed_crossentropy")
+        super().__init__(name="one_hot_crossentropy")
         self.label_smoothing = label_smoothing
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
@@ -123,12 +150,10 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
 
 
 def make_loss(params: TrainParams) -> keras.losses.Loss:
-    """The training loss, averaged over each mini-batch."""
-    if params.loss == "categorical_crossentropy":
-        return keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing)
-    if params.label_smoothing:
-        return SparseSmoothedCrossentropy(params.label_smoothing)
-    return keras.losses.SparseCategoricalCrossentropy()
+    """The training loss of integer labels, averaged over each mini-batch."""
+    if params.loss == "sparse_categorical_crossentropy" and not params.label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy()
+    return OneHotCrossentropy(params.label_smoothing)
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -173,3 +198,8 @@ def _number_shared_objects(node: object, numbers: dict[int, int]) -> object:
 def load_model(path: Path) -> keras.Model:
     """Load a .keras model in safe mode: no arbitrary code from the file runs."""
     return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def predict(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
+    """Class probabilities for (n, 784) pixels in [0, 1]."""
+    return np.asarray(model.predict(pixels, batch_size=EVAL_BATCH, verbose=0))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.cli import PipelineError
+from mnist_dense.cli import PipelineError
 
 UBYTE = 0x08
 CHUNK = 1 << 20

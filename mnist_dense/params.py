@@ -6,15 +6,43 @@ incompatible combination stops the stage with one line naming the key and what i
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stages.cli import PipelineError
+from mnist_dense.cli import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+
+
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does (and DVC writes them).
+
+    `dvc exp run -S train.learning_rate=1e-5` writes `1e-05`, which PyYAML's YAML 1.1 rules
+    take for a string; YAML 1.2 (DVC's ruamel) for a number.
+    """
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> object:
+    """YAML as DVC reads params files: safe, with YAML 1.2's numbers."""
+    return yaml.load(text, Loader=_Yaml12Floats)
 
 
 class _Section(BaseModel):
@@ -25,14 +53,16 @@ class PreprocessParams(_Section):
     val_fraction: float = Field(gt=0, lt=1)
     split: Literal["stratified", "tail"]
     seed: int = Field(ge=0)
-    labels: Literal["integer", "onehot"]
+
+
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]  # Keras' names (keras.optimizers.get)
 
 
 class TrainParams(_Section):
     hidden_units: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     activation: Literal["relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid"]
     dropout: float = Field(ge=0, lt=1)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"]
+    optimizer: Optimizer
     fused_adam: bool
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -45,6 +75,7 @@ class TrainParams(_Section):
     epochs: int = Field(gt=0)
     seed: int = Field(ge=0)
     threads: int = Field(ge=0)
+    precision: Literal["float32", "mixed_bfloat16"]
 
     @model_validator(mode="after")
     def _adamw_decays(self) -> "TrainParams":
@@ -63,15 +94,18 @@ class AugmentParams(_Section):
     shift: float = Field(ge=0, le=14)
     elastic_alpha: float = Field(ge=0)
     elastic_sigma: float = Field(gt=0)
+    shear: float = Field(ge=0, le=45)
+    stroke: float = Field(ge=0, le=1)
+    low_res: float = Field(ge=0, le=1)
 
     @property
     def enabled(self) -> bool:
-        return any((self.rotation, self.scale, self.shift, self.elastic_alpha))
+        geometry = (self.rotation, self.scale, self.shift, self.elastic_alpha, self.shear)
+        return any((*geometry, self.stroke, self.low_res))
 
 
 class TrackingParams(_Section):
     enabled: bool
-    experiment: str = Field(min_length=1)
 
 
 class Params(_Section):
@@ -79,19 +113,6 @@ class Params(_Section):
     train: TrainParams
     augment: AugmentParams
     tracking: TrackingParams
-
-    @model_validator(mode="after")
-    def _labels_match_loss(self) -> "Params":
-        expected = {
-            "integer": "sparse_categorical_crossentropy",
-            "onehot": "categorical_crossentropy",
-        }[self.preprocess.labels]
-        if self.train.loss != expected:
-            raise ValueError(
-                f"preprocess.labels={self.preprocess.labels} needs train.loss={expected}, "
-                f"got train.loss={self.train.loss}"
-            )
-        return self
 
 
 def _known_keys(loc: tuple) -> list[str]:
@@ -133,7 +154,7 @@ def parse_params(data: object, source: str = str(PARAMS_FILE)) -> Params:
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the project root") from None
     except yaml.YAMLError as error:
@@ -144,9 +165,22 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     return parse_params(data, str(path))
 
 
+def as_text(value: object) -> str:
+    """A param's value as `dvc exp run -S` reads it and MLflow records it: JSON, strings bare."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def from_text(text: str) -> object:
+    """The value as_text wrote."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def as_override(key: str, value: object) -> str:
-    """`key=value` as `dvc exp run -S` reads it (the value as YAML)."""
-    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+    """`key=value` as `dvc exp run -S` reads it."""
+    return f"{key}={as_text(value)}"
 
 
 def flatten(params: Params) -> dict[str, object]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.cli import PipelineError
+from mnist_dense.cli import PipelineError
 
 TEMP_PREFIX = ".tmp-"  # git-ignored; a leftover only appears after a hard kill
 
@@ -68,6 +68,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as temp:
         temp.write_text(text)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,13 +1,27 @@
-"""Pictures of a run, logged to MLflow: training curves, confusion matrix, misclassified digits.
+"""Pictures of a run: training curves, confusion matrix, misclassified digits.
 
-Built on matplotlib's object API (no pyplot state, no display needed).
+Written as PNG outputs (DVC image plots) and logged to the MLflow run. Built on matplotlib's
+object API (no pyplot state, no display needed), and saved without metadata that changes from
+run to run, so the same params give the same bytes and DVC sees no change.
 """
+
+import io
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mnist_dense.shape import CLASSES, SIDE
+
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
+DPI = 80
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG, byte for byte the same for the same figure (no software or date tag)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
 
 
 def training_curves(history: pd.DataFrame) -> Figure:
@@ -49,7 +63,7 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> Figure:
     ConfusionMatrixDisplay.from_predictions(
         labels,
         predicted,
-        labels=range(10),
+        labels=range(CLASSES),
         ax=axes,
         cmap="Blues",
         colorbar=True,
@@ -75,7 +89,7 @@ def misclassified(
     for axes in grid:
         axes.set_axis_off()
     for axes, index in zip(grid, wrong, strict=False):
-        axes.imshow(images[index].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+        axes.imshow(images[index].reshape(SIDE, SIDE), cmap="gray_r", vmin=0, vmax=1)
         confidence = probabilities[index, predicted[index]]
         axes.set_title(
             f"#{index}: true {labels[index]}\npred {predicted[index]} ({confidence:.0%})",

@@ -8,16 +8,20 @@ same treatment here: grayscale; ink measured as the distance from the background
 bounding box; longer side scaled to 20 pixels; centred by centre of mass; values in [0, 1].
 """
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
+
+from mnist_dense.shape import SIDE as FIELD
 
 FORMATS = ["PNG", "JPEG", "BMP", "GIF"]
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 MIN_CONTRAST = 0.1  # the ink must differ from the background by this much (of full scale)
 INK_THRESHOLD = 0.25  # share of the ink's strength that counts as part of the digit
-BOX, FIELD = 20, 28  # MNIST: digit scaled into a 20x20 box, centred in a 28x28 field
+BOX = 20  # MNIST: digit scaled into a 20x20 box, centred in the 28x28 field
 RESAMPLE = Image.Resampling.LANCZOS
 
 
@@ -26,7 +30,7 @@ class DigitImageError(Exception):
 
 
 def read_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """The image's first frame as float grayscale in [0, 1].
+    """The image file's first frame as float grayscale in [0, 1].
 
     On a transparent background the ink is what is opaque, whatever its colour.
     """
@@ -34,24 +38,31 @@ def read_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise DigitImageError(f"{path}: no such file")
     if path.is_file() and path.stat().st_size == 0:
         raise DigitImageError(f"{path}: empty file")
+    return decode_grayscale(path, str(path), max_pixels)
+
+
+def decode_grayscale(
+    source: Path | BinaryIO, name: str, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """read_grayscale for a file or a stream of its bytes; errors name the image `name`."""
     try:
-        with Image.open(path, formats=FORMATS) as image:
+        with Image.open(source, formats=FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise DigitImageError(
-                    f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                    f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} "
                     "pixels; refused (a decompression bomb?)"
                 )
             image.load()
             return _grayscale(image)
     except UnidentifiedImageError:
-        raise DigitImageError(f"{path}: not an image ({'/'.join(FORMATS)} expected)") from None
+        raise DigitImageError(f"{name}: not an image ({'/'.join(FORMATS)} expected)") from None
     except Image.DecompressionBombError:  # Pillow's own guard, at twice its larger limit
         raise DigitImageError(
-            f"{path}: over the limit of {max_pixels:,} pixels; refused (a decompression bomb?)"
+            f"{name}: over the limit of {max_pixels:,} pixels; refused (a decompression bomb?)"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise DigitImageError(f"{path}: unreadable image ({error})") from None
+        raise DigitImageError(f"{name}: unreadable image ({error})") from None
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
@@ -131,3 +142,10 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
 def load_digit(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file -> its 28x28 float32 MNIST-style digit, or DigitImageError."""
     return to_mnist(read_grayscale(path, max_pixels), str(path))
+
+
+def digit_from_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file's bytes -> its 28x28 float32 MNIST-style digit, or DigitImageError."""
+    if not data:
+        raise DigitImageError(f"{name}: empty file")
+    return to_mnist(decode_grayscale(io.BytesIO(data), name, max_pixels), name)

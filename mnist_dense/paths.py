@@ -5,6 +5,7 @@ dvc.yaml declares the same paths as each stage's deps and outs.
 
 from pathlib import Path
 
+RAW_CHECKSUMS = Path("stages/mnist.sha256")  # the raw files' pinned sha256 (download stage)
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")
 MODEL = Path("models/model.keras")
@@ -14,3 +15,7 @@ RUN_INFO = Path("metrics/run.json")
 TEST_METRICS = Path("metrics/evaluate.json")
 PER_CLASS = Path("metrics/per_class.csv")
 PREDICTIONS = Path("metrics/predictions.csv")
+# the figures, as DVC image plots (and in the MLflow run)
+CURVES_PNG = Path("metrics/training_curves.png")
+CONFUSION_PNG = Path("metrics/confusion_matrix.png")
+MISCLASSIFIED_PNG = Path("metrics/misclassified.png")

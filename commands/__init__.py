@@ -1,0 +1,1 @@
+"""Commands users run: predict, presets, verify-repro, reproduce, real-use, ... (Makefile)."""

@@ -1,0 +1,149 @@
+"""Screenshots of the MLflow UI on this project's runs, taken in headless Chromium.
+
+    make ui-screenshots          (python -m commands.ui_screenshots [RUN_A RUN_B])
+
+Starts `mlflow ui` on the project's store (MLFLOW_TRACKING_URI or mlflow.db) on a free port
+of 127.0.0.1, opens the address `make ui` prints, and saves into results/:
+- ui-runs.png: the runs table of experiment mnist-dense, with test_accuracy and val_accuracy
+  shown, best first;
+- ui-compare.png: two runs compared, params side by side;
+- ui-val-accuracy.png: the two runs' val_accuracy curves overlaid;
+- ui-figures.png: a run's figures (its learning curves).
+The two runs are the best two by test accuracy unless given. The store needs two finished runs
+(`make run`, then `dvc exp run -S train.epochs=5`).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from mnist_dense import browser, tracking
+from mnist_dense.cli import PipelineError, run
+
+RESULTS = Path("results")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_ui(port: int) -> tuple[subprocess.Popen, str]:
+    """`python -m commands.ui` as `make ui` runs it; the address it prints first."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "commands.ui", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group: stopping it stops its workers
+    )
+    return process, process.stdout.readline().strip()
+
+
+def click_text(driver: object, text: str, tag: str = "*") -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, f"//{tag}[normalize-space(.)='{text}']").click()
+
+
+def close_assistant(driver: object) -> None:
+    """The UI opens an assistant panel beside the table; a screenshot wants the table."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+        button.click()
+
+
+def show_columns(driver: object, names: list[str]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    columns = next(
+        b
+        for b in driver.find_elements(
+            By.XPATH, "//button[@data-testid='column-selection-dropdown']"
+        )
+        if "Columns" in b.text
+    )
+    columns.click()
+    for name in names:
+        browser.wait_for(lambda n=name: click_text(driver, n, "span") or True, f"column {name}")
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+
+
+def best_runs(client: MlflowClient, experiment: str, count: int = 2) -> list:
+    runs = client.search_runs(
+        [experiment],
+        filter_string="attributes.status = 'FINISHED' and metrics.test_accuracy > 0",
+        order_by=["metrics.test_accuracy DESC"],
+        max_results=count,
+    )
+    if len(runs) < count:
+        raise PipelineError(
+            f"the store holds {len(runs)} evaluated run(s) in {tracking.experiment_name()}; "
+            "the screenshots need two (make run, then dvc exp run -S train.epochs=5)"
+        )
+    return runs
+
+
+def main() -> None:
+    reason = browser.missing()
+    if reason:
+        raise PipelineError(reason)
+    client = MlflowClient(tracking.connect())
+    experiment = tracking.experiment_id(client, tracking.experiment_name())
+    chosen = sys.argv[1:3] or [r.info.run_id for r in best_runs(client, experiment)]
+    names = {run_id: client.get_run(run_id).info.run_name for run_id in chosen}
+    process, url = start_ui(free_port())
+    base = url.split("/#/", 1)[0]
+    browser.wait_for(lambda: urllib.request.urlopen(f"{base}/health", timeout=2), "mlflow ui", 120)
+    RESULTS.mkdir(exist_ok=True)
+    try:
+        with browser.chromium(1600, 900) as driver:
+            driver.get(url)
+            browser.wait_for(
+                lambda: names[chosen[0]] in browser.page_text(driver), "runs table", 120
+            )
+            close_assistant(driver)
+            show_columns(driver, ["test_accuracy", "val_accuracy"])
+            time.sleep(2)
+            driver.save_screenshot(str(RESULTS / "ui-runs.png"))
+
+            runs = urllib.parse.quote(json.dumps(chosen))
+            experiments = urllib.parse.quote(json.dumps([experiment]))
+            driver.get(f"{base}/#/compare-runs?runs={runs}&experiments={experiments}")
+            browser.wait_for(lambda: "train.hidden_units" in browser.page_text(driver), "compare")
+            time.sleep(2)
+            driver.save_screenshot(str(RESULTS / "ui-compare.png"))
+
+            metric = f"{base}/#/metric/val_accuracy?runs={runs}&experiments={experiments}"
+            driver.get(metric + "&plot_metric_keys=%5B%22val_accuracy%22%5D&x_axis=step")
+            browser.wait_for(lambda: "val_accuracy" in browser.page_text(driver), "curves")
+            time.sleep(4)
+            driver.save_screenshot(str(RESULTS / "ui-val-accuracy.png"))
+
+            figure = "artifacts/figures/training_curves.png"
+            driver.get(f"{base}/#/experiments/{experiment}/runs/{chosen[0]}/{figure}")
+            browser.wait_for(lambda: "training_curves.png" in browser.page_text(driver), "figure")
+            time.sleep(3)
+            close_assistant(driver)
+            driver.save_screenshot(str(RESULTS / "ui-figures.png"))
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    for name in ("ui-runs", "ui-compare", "ui-val-accuracy", "ui-figures"):
+        print(f"wrote {RESULTS / name}.png")
+
+
+if __name__ == "__main__":
+    run(main)

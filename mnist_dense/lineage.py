@@ -1,0 +1,200 @@
+"""Where a result came from: the code (git), the data and model (DVC's hashes), the environment.
+
+Each MLflow run carries these as tags (mnist_dense/tracking.py) and `make reproduce` reads them
+back; verify-repro, the benchmark and the tests use the same helpers.
+"""
+
+import hashlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from mnist_dense.params import Params, as_override, flatten
+
+DVC_LOCK = Path("dvc.lock")
+REQUIREMENTS_LOCK = "requirements.lock"
+# CPU features that decide which oneDNN / Eigen kernels run, and so the last bits of a training
+BIT_DECIDING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def project_root() -> Path:
+    """The project's root: DVC_ROOT when DVC runs a stage in a temporary copy, else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def git(*args: str, cwd: Path | None = None) -> str | None:
+    """`git args...`'s output, or None where git or the repository is missing."""
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+# What a run records by value, or writes itself: a change to these does not make the code
+# differ from the commit.
+NOT_CODE = ("params.yaml", "dvc.lock", "metrics", "models", "data", "results")
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """{"git.commit", "git.dirty"} of the working tree (empty outside a repository).
+
+    Dirty means the code differs from the commit: a tracked file changed or an untracked one
+    added, other than the params (recorded in full) and the pipeline's own outputs.
+    """
+    commit = git("rev-parse", "HEAD", cwd=cwd)
+    if not commit:
+        return {}
+    excluded = [f":(exclude){path}" for path in NOT_CODE]
+    changes = git("status", "--porcelain", "--", ".", *excluded, cwd=cwd)
+    return {"git.commit": commit, "git.dirty": str(bool(changes)).lower()}
+
+
+def dvc_lock_outputs(lock_file: Path = DVC_LOCK, stages: tuple[str, ...] = ()) -> dict[str, str]:
+    """{output path: md5} recorded in a dvc.lock, for the given stages (default: all)."""
+    try:
+        recorded = (yaml.safe_load(Path(lock_file).read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {
+        out["path"]: out["md5"]
+        for name, stage in recorded.items()
+        if not stages or name in stages
+        for out in stage.get("outs", [])
+    }
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC records for a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of BIT_DECIDING_FLAGS this CPU has (empty where /proc/cpuinfo is missing)."""
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in BIT_DECIDING_FLAGS if flag in present]
+    return []
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), which TensorFlow's default uses."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def environment(threads: int) -> dict[str, str]:
+    """env.* tags: library versions and what decides the bits of a training on this machine."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    return {
+        "env.python": platform.python_version(),
+        "env.tensorflow": tf.__version__,
+        "env.keras": keras.__version__,
+        "env.numpy": np.__version__,
+        "env.platform": platform.platform(),
+        "env.cpu": cpu_name(),
+        "env.cpu_flags": " ".join(cpu_flags()),
+        "env.cpu_count": str(os.cpu_count()),
+        "env.usable_cores": str(usable_cores()),
+        "env.threads": str(threads or usable_cores()),
+        "env.onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "env.requirements_lock_sha256": file_sha256(project_root() / REQUIREMENTS_LOCK) or "none",
+    }
+
+
+def reproduce_command(params: Params) -> str:
+    """`dvc exp run -S ...` setting every param to this run's value."""
+    overrides = []
+    for key, value in flatten(params).items():
+        overrides += ["-S", as_override(key, value)]
+    return shlex.join(["dvc", "exp", "run", *overrides])
+
+
+def lock_python_version(lock_file: Path) -> str | None:
+    """The Python version a requirements.lock was compiled for (uv's `--python-version`)."""
+    try:
+        header = Path(lock_file).read_text()[:2000]
+    except OSError:
+        return None
+    found = re.search(r"--python-version[ =](\S+)", header)
+    return found.group(1) if found else None
+
+
+def tool(name: str) -> str:
+    """A command of this venv (dvc, mlflow) when it has one, else whatever PATH finds."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """os.environ without DVC's and MLflow's variables: a child process that is a project of its
+    own (a scratch copy, a worktree) must not log into, or resolve paths against, this one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    return env | extra
+
+
+def project_files(root: Path) -> list[str]:
+    """The project's files as git sees them: tracked, or untracked and not ignored."""
+    listed = git("ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=root) or ""
+    return [name for name in listed.split("\0") if name and (root / name).is_file()]
+
+
+def copy_project(root: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the project's files (project_files) into `dest`, leaving out names under `skip`."""
+    for name in project_files(root):
+        if not name.startswith(skip):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, dest / name)

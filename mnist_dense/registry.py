@@ -1,0 +1,132 @@
+"""The model registry: every evaluated model is a version of `mnist-dense`; the alias
+`champion` marks the one to use, and moves only by a fair comparison or by a person.
+
+The rule (README, "Model registry"): a new version takes `champion` when its validation
+accuracy is higher than the champion's **on the same validation set** (its runs' validation
+data sets have the same DVC digest); a tie keeps the champion. Versions validated on other data
+(another split, another `val_fraction`) are not compared automatically, since their validation
+accuracies measure different things; the reason is recorded on the version and a person can
+promote it (`python -m commands.registry promote VERSION --why ...`). The test accuracy is
+recorded on every version but never chooses: choosing on it would make the test set a
+selection set.
+
+The decision is made under a lock: a file lock beside a local store, and a check-and-retry on a
+remote one, so two queue workers evaluating at once keep both versions and one champion.
+"""
+
+import getpass
+import os
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+
+import mlflow
+from filelock import FileLock
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mnist_dense import lineage
+
+MODEL_NAME = "mnist-dense"
+ALIAS = "champion"
+SELECTION_TAG = "validation.digest"  # the validation data set a version was chosen on
+LOCK_TIMEOUT_S = 120
+
+
+@dataclass
+class Standing:
+    """What the rule compares: a version's validation accuracy and the data it was measured on."""
+
+    version: str
+    val_accuracy: float
+    validation: str
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> "Standing":
+        return cls(
+            version.version, float(version.tags["val_accuracy"]), version.tags[SELECTION_TAG]
+        )
+
+
+def decide(challenger: Standing, champion: Standing | None) -> tuple[bool, str]:
+    """Whether `challenger` takes the alias from `champion`, and why (recorded on the version)."""
+    if champion is None:
+        return True, "promoted: the first version"
+    if challenger.validation != champion.validation:
+        return False, (
+            f"not compared with champion version {champion.version}: validated on other data "
+            f"({challenger.validation} against {champion.validation}); promote by hand if wanted"
+        )
+    if challenger.val_accuracy > champion.val_accuracy:
+        return True, (
+            f"promoted: val_accuracy {challenger.val_accuracy:.4f} > {champion.val_accuracy:.4f} "
+            f"of version {champion.version} on the same validation set"
+        )
+    return False, (
+        f"kept version {champion.version}: val_accuracy {challenger.val_accuracy:.4f} <= "
+        f"{champion.val_accuracy:.4f} on the same validation set (ties keep the champion)"
+    )
+
+
+def champion(client: MlflowClient) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+    except MlflowException:
+        return None
+
+
+def register(client: MlflowClient, run_id: str, tags: dict[str, str]) -> ModelVersion:
+    """The run's logged model as a new version of MODEL_NAME, with `tags`."""
+    with suppress(MlflowException):  # it exists (perhaps created meanwhile by another worker)
+        client.create_registered_model(
+            MODEL_NAME,
+            description="The dense MNIST classifier. Each version is a model the pipeline "
+            f"evaluated; the alias `{ALIAS}` marks the one to use (see the project's README).",
+        )
+    mlflow.set_tracking_uri(client.tracking_uri)
+    return mlflow.register_model(f"runs:/{run_id}/model", MODEL_NAME, tags=tags)
+
+
+def register_and_gate(client: MlflowClient, run_id: str, tags: dict[str, str]) -> str:
+    """Register the run's model and apply the rule; returns the decision as recorded."""
+    version = register(client, run_id, tags)
+    why = ""
+    with _decision_lock(client):
+        for _ in range(5):  # a remote store has no lock: re-check what another worker did
+            incumbent = champion(client)
+            if incumbent is not None and incumbent.version == version.version:
+                break
+            promote, why = decide(Standing.of(version), incumbent and Standing.of(incumbent))
+            client.set_model_version_tag(MODEL_NAME, version.version, "champion.decision", why)
+            if not promote:
+                break
+            client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
+            if _is_local(client.tracking_uri):
+                break
+            time.sleep(1.0)
+    return why
+
+
+def promote_by_hand(client: MlflowClient, version: str, why: str) -> ModelVersion:
+    """Move the alias to `version` because a person says so; record who and why."""
+    found = client.get_model_version(MODEL_NAME, version)
+    with _decision_lock(client):
+        client.set_registered_model_alias(MODEL_NAME, ALIAS, found.version)
+    who = os.environ.get("USER") or getpass.getuser()
+    client.set_model_version_tag(MODEL_NAME, found.version, "promoted.by", who)
+    client.set_model_version_tag(MODEL_NAME, found.version, "promoted.why", why)
+    client.set_model_version_tag(
+        MODEL_NAME, found.version, "champion.decision", f"promoted by hand by {who}: {why}"
+    )
+    return found
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def _decision_lock(client: MlflowClient) -> FileLock:
+    """A lock all workers of a local store share (beside the project's store)."""
+    name = lineage.project_root() / "mlflow.db.registry.lock"
+    return FileLock(str(name), timeout=LOCK_TIMEOUT_S)

@@ -1,0 +1,158 @@
+"""The model MLflow logs, registers and serves: image files (or pixel rows) in, digits out.
+
+A client sends what it has, one row per digit:
+- `image`: the base64 of an image file's bytes (PNG, JPEG, BMP, GIF), prepared exactly as
+  `make predict` prepares a file (mnist_dense/digit_image.py, bundled with the model), or
+- `pixels`: 784 values in [0, 1], a flattened 28x28 MNIST digit, light ink on black.
+Each row gets `digit`, its `probability`, all ten `probabilities`, and `error`: null, or why
+that row could not be read (a bad image fails its own row, not the batch).
+
+It is logged as "models from code" (mnist_dense/model_code.py): loading it runs that file and
+loads the .keras weights in Keras' safe mode; nothing is unpickled.
+"""
+
+import base64
+import binascii
+import io
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import Array, ColSpec, Schema
+
+from mnist_dense.digit_image import DigitImageError, digit_from_bytes
+from mnist_dense.shape import PIXELS, SIDE
+
+KERAS_ARTIFACT = "keras_model"
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec("string", "image", required=False),
+            ColSpec(Array("double"), "pixels", required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec("long", "digit", required=False),
+            ColSpec("double", "probability", required=False),
+            ColSpec(Array("double"), "probabilities", required=False),
+            ColSpec("string", "error", required=False),
+        ]
+    ),
+)
+
+
+class DigitReader(PythonModel):
+    """pyfunc: a DataFrame of `image` or `pixels` rows -> digit, probabilities, error."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from mnist_dense.model import load_model
+
+        self.model = load_model(Path(context.artifacts[KERAS_ARTIFACT]))
+
+    def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None):
+        from mnist_dense.model import predict
+
+        digits, errors = read_rows(model_input)
+        rows = [
+            {"digit": None, "probability": None, "probabilities": None, "error": e} for e in errors
+        ]
+        good = [i for i, error in enumerate(errors) if error is None]
+        if good:
+            probabilities = predict(self.model, np.stack([digits[i] for i in good]))
+            for i, p in zip(good, probabilities, strict=True):
+                digit = int(np.argmax(p))
+                rows[i] |= {"digit": digit, "probability": float(p[digit])}
+                rows[i]["probabilities"] = [float(v) for v in p]
+        columns = ["digit", "probability", "probabilities", "error"]
+        return pd.DataFrame(rows, columns=columns, dtype=object)  # None stays null in JSON
+
+
+def read_rows(table: pd.DataFrame) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Each row's 784 pixels, or why there are none."""
+    digits: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    for number, row in enumerate(table.to_dict("records")):
+        try:
+            digits.append(_row_pixels(row, f"row {number}"))
+            errors.append(None)
+        except DigitImageError as error:
+            digits.append(None)
+            errors.append(str(error))
+    return digits, errors
+
+
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def _row_pixels(row: dict, name: str) -> np.ndarray:
+    image, pixels = row.get("image"), row.get("pixels")
+    if _present(image):
+        try:
+            data = base64.b64decode(str(image), validate=True)
+        except (binascii.Error, ValueError):
+            raise DigitImageError(f"{name}: image is not base64 of an image file") from None
+        return digit_from_bytes(data, name).reshape(PIXELS)
+    if _present(pixels):
+        values = np.asarray(pixels, dtype=np.float32).reshape(-1)
+        if values.size != PIXELS or not np.all((values >= 0) & (values <= 1)):
+            raise DigitImageError(f"{name}: pixels must be {PIXELS} values in [0, 1]")
+        return values
+    raise DigitImageError(f"{name}: neither image nor pixels given")
+
+
+def example_image(pixels: np.ndarray) -> str:
+    """A test digit as a client would send it: base64 of a PNG, dark ink on white, 4x larger."""
+    from PIL import Image
+
+    ink = np.asarray(pixels, np.float32).reshape(SIDE, SIDE)
+    image = Image.fromarray(np.round(255 * (1 - ink)).astype(np.uint8)).resize((4 * SIDE,) * 2)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def log_served_model(uri: str, run_id: str, keras_file: Path, example: np.ndarray) -> None:
+    """Log the served model into run `run_id` as its model `model`."""
+    import keras
+    import tensorflow as tf
+
+    package = Path(__file__).parent
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package / "model_code.py"),
+            artifacts={KERAS_ARTIFACT: str(keras_file)},
+            code_paths=[str(package)],
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({"image": [example_image(example)]}),
+            pip_requirements=[
+                f"keras=={keras.__version__}",
+                f"tensorflow-cpu=={tf.__version__}",
+                f"pillow=={_version('pillow')}",
+                f"mlflow=={mlflow.__version__}",
+            ],
+        )
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
+def keras_file(model_uri: str, dest: Path | None = None) -> Path:
+    """The .keras file inside a logged or registered served model (`models:/name@alias`,
+    `runs:/id/model`, ...), downloaded into `dest` (a temporary folder by default)."""
+    folder = dest or Path(tempfile.mkdtemp(prefix="mnist-model-"))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder))
+    found = sorted(Path(local).rglob("*.keras"))
+    if not found:
+        raise FileNotFoundError(f"{model_uri} holds no .keras file")
+    return found[0]

@@ -1,0 +1,77 @@
+"""DVC's plot pages render with no network: the template carries vega itself, and the figures
+are image plots, byte for byte the same for the same params."""
+
+import hashlib
+import json
+import re
+
+import pytest
+import yaml
+
+from commands.plots import OFFLINE, drawn, render
+from mnist_dense import browser
+from mnist_dense.paths import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED_PNG
+from tests.conftest import DVC, ROOT, sh
+
+TEMPLATE, RECORD = ROOT / "plots" / "template.html", ROOT / "plots" / "vendor.json"
+
+
+def test_the_template_carries_the_vendored_libraries_and_loads_nothing():
+    template = TEMPLATE.read_text()
+    record = json.loads(RECORD.read_text())
+    scripts = dict(
+        re.findall(r'<script data-package="([^@"]+)@[^"]+">(.*?)</script>', template, re.S)
+    )
+    assert set(scripts) == {"vega", "vega-lite", "vega-embed"} == set(record)
+    for name, text in scripts.items():
+        assert hashlib.sha256(text.encode()).hexdigest() == record[name]["sha256"], name
+        assert record[name]["npm_integrity"].startswith("sha512-")
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", template)  # nothing fetched
+    assert "{plot_divs}" in template and "{scripts}" not in template  # DVC adds no CDN tags
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert re.search(r"html_template = \.\./plots/template\.html", config)
+
+
+def declared_plots(project) -> tuple[int, int]:
+    """How many chart plots and image plots dvc.yaml declares."""
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    files = [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for stage in pipeline["stages"].values()
+        for entry in stage.get("plots", [])
+    ]
+    images = sum(name.endswith(".png") for name in files)
+    return len(files) - images + len(pipeline.get("plots", [])), images
+
+
+def test_plots_diff_of_two_experiments_renders_every_plot_offline(project, tmp_path):
+    reason = browser.missing()
+    if reason:
+        pytest.skip(reason)
+    folder, env = project
+    sh(DVC, "exp", "run", "--temp", "-n", "plots-two", "-S", "train.epochs=2", cwd=folder, env=env)
+    sh(DVC, "exp", "run", "--temp", "-n", "plots-four", "-S", "train.epochs=4", cwd=folder, env=env)
+    page = render(["plots-two", "plots-four"], tmp_path / "out", cwd=folder)
+    html = page.read_text()
+    assert not re.search(r"<(script|link)[^>]+(src|href)=\"?https?:", html)  # no CDN
+    charts, images = declared_plots(folder)
+    with browser.chromium(extra_flags=OFFLINE) as driver:
+        driver.get(page.as_uri())
+        browser.wait_for(lambda: drawn(driver)["charts"] >= charts, "every chart", 60)
+        browser.wait_for(lambda: drawn(driver)["images"] >= 2 * images, "every image", 60)
+        counts = drawn(driver)
+    assert counts["divs"] == charts  # one chart per declared plot, both experiments in each
+    assert counts["charts"] >= charts
+    assert counts["images"] == 2 * images  # each image plot once per experiment
+
+
+def test_the_figures_are_the_same_bytes_for_the_same_params(project):
+    folder, env = project
+    before = {
+        path: (folder / path).read_bytes()
+        for path in (CURVES_PNG, CONFUSION_PNG, MISCLASSIFIED_PNG)
+    }
+    assert all(data.startswith(b"\x89PNG") for data in before.values())
+    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
+    after = {path: (folder / path).read_bytes() for path in before}
+    assert after == before

@@ -1,0 +1,203 @@
+"""The model registry on the real pipeline: every evaluated model a version of `mnist-dense`,
+`champion` moved by the rule or by hand, and the champion served, reading image files."""
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
+from tests.conftest import DVC, sh
+from tests.servers import post, serve
+
+
+def client_of(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def versions(client: MlflowClient) -> dict[str, object]:
+    return {str(v.version): v for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+
+
+def champion_version(client: MlflowClient) -> str:
+    return str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
+
+
+def exp_run(project: Path, env: dict, name: str, *overrides: str) -> str:
+    sets = [arg for override in overrides for arg in ("-S", override)]
+    return sh(DVC, "exp", "run", "--temp", "-n", name, *sets, cwd=project, env=env)
+
+
+def test_the_rule_compares_validation_accuracy_on_the_same_validation_set_only():
+    champion = Standing("1", 0.98, "aaa.dir")
+    assert decide(Standing("2", 0.99, "aaa.dir"), champion)[0] is True
+    assert decide(Standing("2", 0.98, "aaa.dir"), champion) == (
+        False,
+        "kept version 1: val_accuracy 0.9800 <= 0.9800 on the same validation set (ties keep "
+        "the champion)",
+    )
+    promote, why = decide(Standing("2", 0.999, "bbb.dir"), champion)
+    assert not promote and why.startswith("not compared with champion version 1: validated on")
+    assert decide(Standing("1", 0.5, "aaa.dir"), None) == (True, "promoted: the first version")
+
+
+def test_the_first_evaluated_model_is_version_1_and_champion(project):
+    folder, _ = project
+    client = client_of(folder)
+    run_id = json.loads((folder / "metrics" / "run.json").read_text())["mlflow_run_id"]
+    first = min(versions(client).values(), key=lambda v: int(v.version))
+    assert (str(first.version), first.run_id) == ("1", run_id)
+    evaluate = json.loads((folder / "metrics" / "evaluate.json").read_text())
+    assert float(first.tags["test_accuracy"]) == evaluate["test_accuracy"]
+    assert first.tags["git.commit"] == sh("git", "rev-parse", "HEAD", cwd=folder).strip()
+    assert first.tags["validation.digest"].endswith(".dir")
+    assert first.tags["champion.decision"] == "promoted: the first version"
+    assert champion_version(client) == "1"
+
+
+def test_a_worse_model_becomes_a_version_but_not_the_champion(project):
+    folder, env = project
+    client = client_of(folder)
+    before, champion = set(versions(client)), champion_version(client)
+    output = exp_run(folder, env, "registry-worse", "train.epochs=1", "train.learning_rate=0.0001")
+    (added,) = set(versions(client)) - before
+    version = versions(client)[added]
+    assert version.tags["dvc.exp_name"] == "registry-worse"
+    assert version.tags["champion.decision"].startswith(f"kept version {champion}: val_accuracy")
+    assert champion_version(client) == champion
+    assert f"registry: kept version {champion}" in output
+
+
+def test_a_model_validated_on_other_data_is_not_compared_automatically(project):
+    folder, env = project
+    client = client_of(folder)
+    before, champion = set(versions(client)), champion_version(client)
+    exp_run(folder, env, "registry-other-split", "preprocess.val_fraction=0.3")
+    (added,) = set(versions(client)) - before
+    decision = versions(client)[added].tags["champion.decision"]
+    assert decision.startswith(f"not compared with champion version {champion}: validated on")
+    assert champion_version(client) == champion
+
+
+def test_promoting_by_hand_records_who_and_why(project):
+    folder, env = project
+    client = client_of(folder)
+    newest = max(versions(client), key=int)
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.registry", "promote", newest, "--why", "checked by eye"],
+        cwd=folder,
+        env=env | {"USER": "ada"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert champion_version(client) == newest
+    tags = versions(client)[newest].tags
+    assert (tags["promoted.by"], tags["promoted.why"]) == ("ada", "checked by eye")
+    listing = sh(sys.executable, "-m", "commands.registry", "list", cwd=folder, env=env)
+    assert re.search(rf"^version {newest} @champion: .*promoted by hand by ada", listing, re.M)
+    missing = subprocess.run(
+        [sys.executable, "-m", "commands.registry", "promote", "999", "--why", "x"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"error: {MODEL_NAME} has no version 999"
+
+
+def test_two_queue_workers_registering_at_once_keep_both_versions_and_one_champion(project):
+    folder, env = project
+    client = client_of(folder)
+    before = set(versions(client))
+    sh(
+        DVC, "exp", "run", "--queue", "-S", "train.learning_rate=0.003,0.03",
+        "-S", "train.epochs=2", cwd=folder, env=env,
+    )  # fmt: skip
+    sh(DVC, "queue", "start", "-j", "2", cwd=folder, env=env)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", sh(DVC, "queue", "status", cwd=folder, env=env)):
+        assert time.monotonic() < deadline, "the queue did not finish in 10 minutes"
+        time.sleep(2)
+    added = set(versions(client)) - before
+    assert len(added) == 2
+    holders = [
+        number
+        for number in versions(client)
+        if ALIAS in client.get_model_version(MODEL_NAME, number).aliases
+    ]
+    assert holders == [champion_version(client)]
+    assert all("champion.decision" in versions(client)[v].tags for v in added)
+
+
+@pytest.fixture(scope="module")
+def digit_files(project, tmp_path_factory) -> list[Path]:
+    """A PNG and a JPEG drawn from test digits (dark ink on white, larger), and a broken file."""
+    folder, _ = project
+    out = tmp_path_factory.mktemp("digits")
+    x_test = np.load(folder / "data" / "processed" / "x_test.npy", allow_pickle=False)
+    for index, name in ((0, "first.png"), (1, "second.jpg")):
+        ink = x_test[index].reshape(28, 28)
+        image = Image.fromarray(np.round(255 * (1 - ink)).astype(np.uint8)).resize((112, 112))
+        image.save(out / name)
+    (out / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return [out / "first.png", out / "second.jpg", out / "broken.png"]
+
+
+def test_the_served_champion_reads_image_files_like_predict(project, digit_files):
+    folder, env = project
+    model = f"models:/{MODEL_NAME}@{ALIAS}"
+    local = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "commands.predict",
+            "--json",
+            "--model",
+            model,
+            *map(str, digit_files),
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert local.returncode == 1  # the broken file
+    expected = json.loads(local.stdout)
+    records = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in digit_files]
+    with serve(model, folder, env) as url:
+        answers = post(url, {"dataframe_records": records})["predictions"]
+    for answer, prediction in zip(answers[:2], expected[:2], strict=True):
+        assert answer["error"] is None
+        assert answer["digit"] == prediction["digit"]
+        assert answer["probability"] == pytest.approx(prediction["probability"], rel=1e-5)
+        assert len(answer["probabilities"]) == 10
+    assert answers[2]["digit"] is None
+    assert (
+        answers[2]["error"].startswith("row 2: unreadable image")
+        or "not an image" in answers[2]["error"]
+    )
+    assert expected[2]["error"] is not None
+
+
+def test_predict_says_which_model_answered(project, digit_files):
+    folder, env = project
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.predict", str(digit_files[0])],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    version = champion_version(client_of(folder))
+    assert f"model: models:/{MODEL_NAME}@{ALIAS} (version {version}, run " in result.stderr

@@ -1,0 +1,203 @@
+"""`make tune`: an Optuna search over DVC experiments, on tiny data in a copy of the project."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from commands.tune import load_space
+from mnist_dense.cli import PipelineError
+from tests.conftest import ROOT, experiments
+from tests.servers import postgres_server
+
+SPACE = {
+    "train.learning_rate": {"low": 0.00001, "high": 0.03, "log": True},
+    "train.hidden_units": [[16], [32]],
+    "train.epochs": {"low": 3, "high": 5},
+}
+
+
+def tune(folder: Path, env: dict, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "commands.tune", "--space", "space.yaml", *args],
+        cwd=folder,
+        env=env | {"MNIST_TUNE_HEARTBEAT_S": "2", "MNIST_TUNE_GRACE_S": "6"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 900) -> str:
+    output = process.communicate(timeout=timeout)[0]
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.fixture(scope="module")
+def searchable(project):
+    folder, env = project
+    (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return folder, env
+
+
+def study_of(folder: Path, name: str, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(
+        study_name=name, storage=storage or f"sqlite:///{folder / 'optuna.db'}"
+    )
+
+
+def children(folder: Path, study: str) -> list:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e").experiment_id
+    return client.search_runs([experiment], f"tags.`optuna.study` = '{study}'")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"train.learnin_rate": {"low": 0.1, "high": 0.2}},
+            "train.learnin_rate: not a params.yaml key",
+        ),
+        ({"train.dropout": {"low": 0.5, "high": 0.1}}, "low (0.5) must be below high (0.1)"),
+        (
+            {"train.learning_rate": {"low": 0, "high": 0.1, "log": True}},
+            "a log scale needs low > 0",
+        ),
+        (
+            {"train.dropout": {"low": 0.1, "high": 1.5}},
+            "train.dropout: input should be less than 1",
+        ),
+        ({"train.optimizer": ["adam", "adamw2"]}, "train.optimizer: input should be"),
+        ({"train.epochs": {"low": 1, "hi": 3}}, "expected a list of choices or {low, high}"),
+    ],
+)
+def test_a_bad_search_space_is_one_line(tmp_path, entry, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(entry))
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    with pytest.raises(PipelineError, match=re.escape(message)) as caught:
+        load_space(path, base)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_bad_search_space_stops_the_command_before_any_trial(searchable):
+    folder, env = searchable
+    (folder / "bad.yaml").write_text("train.dropout: {low: 0.5, high: 0.1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.tune", "--space", "bad.yaml", "--study", "never"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "error: bad.yaml: train.dropout: low (0.5) must be below high (0.1)"
+    )
+    assert not (folder / "optuna.db").exists() or "never" not in optuna.study.get_all_study_names(
+        f"sqlite:///{folder / 'optuna.db'}"
+    )
+
+
+def test_a_four_trial_study_on_two_jobs(searchable):
+    folder, env = searchable
+    output = finish(tune(folder, env, "--trials", "4", "--jobs", "2", "--study", "four"))
+    study = study_of(folder, "four")
+    assert len(study.trials) == 4
+    finished = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert all(t.state in finished for t in study.trials)
+    names = {f"four-{n}" for n in range(4)}
+    completed = {
+        t.user_attrs["dvc_exp"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert completed <= set(experiments(folder, env)) and completed <= names
+    runs = children(folder, "four")
+    (parent,) = [r for r in runs if r.data.tags.get("tune.role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in trials) == sorted(names)
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert "figures/optimization_history.png" in figures
+    assert parent.data.tags["best.dvc_exp"] in completed
+    assert f"adopt it: dvc exp apply {study.best_trial.user_attrs['dvc_exp']}" in output
+
+
+def test_a_trial_clearly_behind_is_pruned_and_leaves_no_experiment(searchable):
+    folder, env = searchable
+    study = optuna.create_study(
+        study_name="prune", storage=f"sqlite:///{folder / 'optuna.db'}", direction="maximize"
+    )
+    good = {"train.learning_rate": 0.02, "train.hidden_units": "[32]", "train.epochs": 5}
+    for _ in range(3):
+        study.enqueue_trial(good)
+    study.enqueue_trial(good | {"train.learning_rate": 0.00001, "train.hidden_units": "[16]"})
+    finish(tune(folder, env, "--trials", "4", "--study", "prune", "-S", "train.dropout=0.0"))
+    # the fourth barely learns: behind the median of the first three after the warm-up
+    states = [t.state for t in study_of(folder, "prune").trials]
+    assert states[:3] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert states[3] == optuna.trial.TrialState.PRUNED
+    assert "prune-3" not in experiments(folder, env)
+    (pruned,) = [r for r in children(folder, "prune") if r.info.run_name == "prune-3"]
+    assert pruned.data.tags["optuna.state"] == "pruned" and pruned.info.status == "KILLED"
+    leftovers = list((folder / ".dvc" / "tmp" / "exps" / "run").glob("*prune-3*"))
+    assert leftovers == []
+
+
+def test_a_worker_killed_mid_trial_leaves_it_failed_and_another_carries_on(searchable):
+    folder, env = searchable
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    doomed = tune(folder, env, "--trials", "1", "--study", "killed", "-S", "train.epochs=200")
+    deadline = time.monotonic() + 300
+    while not any(
+        t.state == optuna.trial.TrialState.RUNNING for t in _trials_or_none(storage, "killed")
+    ):
+        assert time.monotonic() < deadline and doomed.poll() is None
+        time.sleep(1)
+    time.sleep(8)  # well into its training
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    time.sleep(8)  # past the grace period of its heartbeat
+    finish(tune(folder, env, "--trials", "1", "--study", "killed", "-S", "train.epochs=3"))
+    states = [t.state for t in study_of(folder, "killed").trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "killed-0" not in experiments(folder, env) and "killed-1" in experiments(folder, env)
+    left = subprocess.run(["pgrep", "-f", "killed-0"], capture_output=True, text=True).stdout
+    assert left.strip() == ""  # its training went down with it
+
+
+def _trials_or_none(storage: str, name: str) -> list:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).trials
+    except KeyError:
+        return []
+
+
+def test_two_workers_share_one_study_in_postgresql(searchable):
+    folder, env = searchable
+    with postgres_server() as storage:
+        workers = [
+            tune(folder, env, "--trials", "3", "--study", "shared", "--storage", storage)
+            for _ in range(2)
+        ]
+        for worker in workers:
+            finish(worker)
+        trials = optuna.load_study(study_name="shared", storage=storage).trials
+    assert sorted(t.number for t in trials) == list(range(6))
+    names = [t.user_attrs["dvc_exp"] for t in trials]
+    assert sorted(names) == sorted(f"shared-{n}" for n in range(6))
+    done = {t.user_attrs["dvc_exp"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert done <= set(experiments(folder, env))
+    runs = [r.info.run_name for r in children(folder, "shared") if "optuna.trial" in r.data.tags]
+    assert sorted(runs) == sorted(names)
