@@ -8,6 +8,9 @@
 3. The size on disk of every artifact.
 4. The compute floor: the FLOPs of one training epoch against the float32 GEMM throughput
    NumPy reaches here, and how far the train stage is from it.
+5. float32 against mixed_bfloat16 on the best preset's network (a few epochs each): time per
+   epoch and accuracy, side by side; bfloat16 forced (MNIST_BF16=force) where the CPU lacks
+   bfloat16 units, to show what emulation costs.
 
 Everything runs in a scratch folder (the project's workspace and MLflow store are not
 touched); data/raw must exist (`dvc repro download`). Prints a Markdown report and writes
@@ -285,6 +288,42 @@ def compute_floor(seed_notebook: dict, report: Report) -> None:
     )
 
 
+PRECISION_EPOCHS = 4
+
+
+def precision_side_by_side(scratch: Path, env: dict, overrides: dict, report: Report) -> None:
+    """Section 5."""
+    from mnist_dense.lineage import cpu_flags
+    from mnist_dense.model import BF16_UNITS
+
+    rows = []
+    for precision in ("float32", "mixed_bfloat16"):
+        folder = workspace(
+            scratch / precision,
+            overrides | {"train.precision": precision, "train.epochs": PRECISION_EPOCHS},
+        )
+        stage("preprocess", folder, env)
+        trained = stage("train", folder, env | {"MNIST_BF16": "force"})
+        stage("evaluate", folder, env)
+        rows.append(
+            f"| {precision} | {steady_epoch_seconds(trained.stdout):.1f} s | "
+            f"{100 * read_json(folder, 'train.json')['val_accuracy']:.2f} % | "
+            f"{100 * read_json(folder, 'evaluate.json')['test_accuracy']:.2f} % |"
+        )
+    units = sorted(BF16_UNITS & set(cpu_flags()))
+    report(
+        "",
+        "## 5. float32 against mixed_bfloat16 (the best preset's network)",
+        "",
+        f"{PRECISION_EPOCHS} epochs each, the best preset otherwise. This CPU's bfloat16 units: "
+        f"{', '.join(units) or 'none (bfloat16 emulated; forced here to measure it)'}.",
+        "",
+        "| precision | time per epoch (median, after the first) | val_accuracy | test_accuracy |",
+        "|---|---|---|---|",
+        *rows,
+    )
+
+
 def main() -> None:
     if not (ROOT / "data" / "raw").is_dir():
         sys.exit("error: data/raw is missing; run `dvc repro download` first")
@@ -310,6 +349,7 @@ def main() -> None:
         default = default_stage_by_stage(scratch, env, report)
         artifact_sizes(default, report)
         compute_floor(notebook, report)
+        precision_side_by_side(scratch, env, presets["best"]["overrides"], report)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

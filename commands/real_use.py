@@ -1,40 +1,112 @@
 """How well the model reads digits that look like real use, through the predict path.
 
-Takes MNIST *test* digits (never trained on) and redraws each as a photo or scan might show
-it: larger, on a bigger canvas, off-centre, mostly dark ink on light paper of some colour
-(some light on dark, some plain gray), softened by blur, with sensor noise, saved as PNG,
-JPEG, BMP or GIF. Then it runs every file through `commands.predict` exactly as a user would
-and prints the share read correctly.
+Takes MNIST *test* digits (never trained on) and first rewrites each as another writer or
+scanner might have made it, an equal share per writing style:
+- as written; low resolution (drawn 8-12 pixels tall, then scaled up: blurred);
+- a thin pen and a thick pen; slant (sheared 10-20 degrees either way);
+- a 1 with a flag and a base, a crossed 7 (styles common outside the US; 1s and 7s only).
+Then it redraws each as a photo or scan might show it: larger, on a bigger canvas, off-centre,
+mostly dark ink on light paper of some colour (some light on dark, some plain gray), softened
+by blur, with sensor noise, saved as PNG, JPEG, BMP or GIF. It runs every file through
+`commands.predict` exactly as a user would and prints the share read correctly per writing
+style and per paper style. `--digits validation` draws from the validation digits instead,
+to choose settings on (the test digits only report).
 
-    python -m commands.real_use [--count 1000] [--out data/real-use] [--model models/model.keras]
+    python -m commands.real_use [--count 1400] [--out data/real-use] [--model PATH_OR_URI]
 """
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
-from commands.predict import predict_files
+from commands.predict import default_model, predict_files
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.files import atomic_path
-from mnist_dense.paths import MODEL, RAW_DIR
+from mnist_dense.files import atomic_path, load_arrays
+from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
+from mnist_dense.shape import SIDE
 from stages.preprocess import load_images_and_labels
 
 FORMATS = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "GIF": "gif"}
 MARKER = ".real-use"  # marks a folder real_use made, the only kind it replaces
 
 
-def redraw(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """One 28x28 MNIST digit (uint8, light on dark) as a 'real-use' RGB image; its style."""
+WRITING = [
+    "as written",
+    "low resolution",
+    "thin pen",
+    "thick pen",
+    "slant",
+    "1 with flag and base",
+    "crossed 7",
+]
+ONLY = {"1 with flag and base": 1, "crossed 7": 7}  # styles of one digit
+PAPERS = ["dark on light", "light on dark", "gray"]
+SCALE = 4  # writing styles are drawn at 4x MNIST's resolution
+
+
+def rewrite(digit: np.ndarray, style: str, rng: np.random.Generator) -> Image.Image:
+    """A 28x28 MNIST digit (uint8, light ink on black) as another writer's: grayscale."""
+    if style == "low resolution":  # the digit (20 of the 28 pixels) drawn 8-12 pixels tall
+        side = round(SIDE * rng.uniform(8, 12) / 20)
+        return Image.fromarray(digit).resize((side, side), Image.Resampling.BOX)
+    big = Image.fromarray(digit).resize((SIDE * SCALE,) * 2, Image.Resampling.BICUBIC)
+    if style == "thin pen":
+        return big.filter(ImageFilter.MinFilter(5))  # half a pixel off each side
+    if style == "thick pen":
+        return big.filter(ImageFilter.MaxFilter(7))  # three quarters of a pixel more each side
+    if style == "slant":
+        slope = math.tan(math.radians(rng.uniform(10, 20) * rng.choice([-1, 1])))
+        centre = SIDE * SCALE / 2
+        return big.transform(
+            big.size, Image.Transform.AFFINE, (1, slope, -slope * centre, 0, 1, 0),
+            Image.Resampling.BICUBIC,
+        )  # fmt: skip
+    if style in ONLY:
+        return _add_strokes(big, style)
+    return big
+
+
+def _add_strokes(big: Image.Image, style: str) -> Image.Image:
+    """A flag and a base on a 1, or a bar across a 7's stem, in the digit's own ink."""
+    ink = np.asarray(big) > 128
+    rows = np.flatnonzero(ink.any(axis=1))
+    top, bottom = int(rows[0]), int(rows[-1])
+    height = bottom - top
+    width = max(6, round(ink.sum() / max(1, ink.any(axis=1).sum()) * 0.7))  # about its stroke
+
+    def centre_x(row: int) -> float:
+        band = ink[max(0, row - 4) : row + 5]
+        return float(np.flatnonzero(band.any(axis=0)).mean())
+
+    drawn = big.copy()
+    draw = ImageDraw.Draw(drawn)
+    if style == "crossed 7":
+        y = round(top + 0.5 * height)
+        x = centre_x(y)
+        draw.line([(x - 0.22 * height, y), (x + 0.22 * height, y)], fill=255, width=width)
+    else:
+        x_top, x_bottom = centre_x(top + 2), centre_x(bottom - 2)
+        flag_end = (x_top - 0.28 * height, top + 0.25 * height)
+        draw.line([(x_top, top + width / 2), flag_end], fill=255, width=width)
+        base_y = bottom - width / 2
+        draw.line([(x_bottom - 0.28 * height, base_y), (x_bottom + 0.28 * height, base_y)],
+                  fill=255, width=width)  # fmt: skip
+    return drawn
+
+
+def redraw(written: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """A written digit (grayscale, light ink on black) as a 'real-use' RGB photo; its paper."""
     size = int(rng.integers(56, 225))  # the 28x28 field drawn 2x to 8x larger
     canvas_w, canvas_h = (int(size * rng.uniform(1.3, 2.5)) for _ in range(2))
-    ink_mask = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+    ink_mask = written.resize((size, size), Image.Resampling.BICUBIC)
     mask = Image.new("L", (canvas_w, canvas_h), 0)
     corner = (int(rng.integers(0, canvas_w - size)), int(rng.integers(0, canvas_h - size)))
     mask.paste(ink_mask, corner)
 
-    style = rng.choice(["dark on light", "light on dark", "gray"], p=[0.7, 0.15, 0.15])
+    style = rng.choice(PAPERS, p=[0.7, 0.15, 0.15])
     if style == "dark on light":
         paper, ink = rng.integers(150, 256, 3), rng.integers(0, 90, 3)
     elif style == "light on dark":
@@ -51,46 +123,68 @@ def redraw(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, st
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), str(style)
 
 
-def build(count: int, out: Path, seed: int = 0) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Write `count` redrawn test digits into `out`; return their files, labels and styles."""
+def digits_from(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 28x28 digits, labels) of the test set (raw files) or the validation set."""
+    if source == "validation":
+        arrays = load_arrays(PROCESSED_DIR, ["x_val", "y_val"])
+        images = np.round(arrays["x_val"] * 255).astype(np.uint8).reshape(-1, SIDE, SIDE)
+        return images, arrays["y_val"]
+    return load_images_and_labels(RAW_DIR, "t10k")
+
+
+def build(
+    count: int, out: Path, seed: int = 0, source: str = "test"
+) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
+    """Write `count` rewritten and redrawn digits into `out`, an equal share per writing
+    style; return their files, labels and (writing style, paper style)."""
     made_here = (out / MARKER).is_file()
     if out.exists() and not made_here and (not out.is_dir() or any(out.iterdir())):
         raise PipelineError(
             f"--out {out}: exists and was not made by real_use; name a new or empty folder"
         )
-    images, labels = load_images_and_labels(RAW_DIR, "t10k")
+    images, labels = digits_from(source)
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(images), size=count, replace=False)
-    names, styles = [], []
+    per_style = max(1, count // len(WRITING))
+    names, chosen_labels, styles = [], [], []
     with atomic_path(out) as temp:  # replaces a folder real_use made before, as a whole
         temp.mkdir()
         (temp / MARKER).write_text("made by python -m commands.real_use; replaced on each run\n")
-        for n, index in enumerate(chosen):
-            image, style = redraw(images[index], rng)
-            fmt = str(rng.choice(list(FORMATS)))
-            names.append(f"{n:05d}-label{labels[index]}.{FORMATS[fmt]}")
-            image.save(temp / names[-1], format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-            styles.append(style)
-    return [out / name for name in names], labels[chosen], styles
+        for writing in WRITING:
+            pool = np.flatnonzero(labels == ONLY[writing]) if writing in ONLY else len(images)
+            for index in rng.choice(pool, size=per_style, replace=False):
+                image, paper = redraw(rewrite(images[index], writing, rng), rng)
+                fmt = str(rng.choice(list(FORMATS)))
+                names.append(f"{len(names):05d}-label{labels[index]}.{FORMATS[fmt]}")
+                save = {"quality": 90} if fmt == "JPEG" else {}
+                image.save(temp / names[-1], format=fmt, **save)
+                chosen_labels.append(labels[index])
+                styles.append((writing, paper))
+    return [out / name for name in names], np.array(chosen_labels), styles
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m commands.real_use", description=__doc__)
-    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--count", type=int, default=1400, help="images, all styles")
     parser.add_argument("--out", type=Path, default=Path("data/real-use"))
-    parser.add_argument("--model", default=str(MODEL))
+    parser.add_argument("--model", help="default: the registered champion, else models/model.keras")
+    parser.add_argument("--digits", choices=["test", "validation"], default="test")
     args = parser.parse_args()
-    files, labels, styles = build(args.count, args.out)
-    results = predict_files(args.model, files)
+    model, described = (args.model, args.model) if args.model else default_model()
+    files, labels, styles = build(args.count, args.out, source=args.digits)
+    results = predict_files(model, files)
     predicted = np.array([-1 if r.digit is None else r.digit for r in results])
     correct = predicted == labels
-    for style in sorted(set(styles)):
-        chosen = np.array(styles) == style
-        print(f"  {style}: {correct[chosen].mean():.2%} of {chosen.sum()}")
+    for kind, names in (("writing", WRITING), ("paper", PAPERS)):
+        print(f"by {kind}:")
+        column = 0 if kind == "writing" else 1
+        for name in names:
+            chosen = np.array([style[column] == name for style in styles])
+            if chosen.any():
+                print(f"  {name}: {correct[chosen].mean():.2%} of {chosen.sum()}")
     failed = sum(r.error is not None for r in results)
     print(
         f"real-use accuracy: {correct.mean():.2%} ({correct.sum()} of {len(files)} images "
-        f"in {args.out}; {failed} unreadable) with {args.model}"
+        f"of {args.digits} digits in {args.out}; {failed} unreadable) with {described}"
     )
 
 

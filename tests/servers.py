@@ -41,8 +41,8 @@ def wait_until(
         pytest.fail(f"{error}:\n{services.log_tail(log)}")
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    services.stop_group(process.pid)
+def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    services.stop_group(process.pid, timeout_s)
     process.wait()
 
 
@@ -107,7 +107,7 @@ class MlflowServer:
     def stop(self) -> None:
         self.back_at = None
         if self.process is not None:
-            stop_group(self.process)
+            stop_group(self.process, timeout_s=5)  # an outage: no need for a graceful exit
             self.process = None
 
     def __enter__(self) -> "MlflowServer":
@@ -181,7 +181,8 @@ def train_with_outage(
         text=True,
     )
     # the server is stopped and started from other threads: reading epoch lines goes on meanwhile
-    stop, restart = threading.Thread(target=server.stop), threading.Thread(target=server.start)
+    stop = threading.Thread(target=server.stop)
+    restart = threading.Thread(target=lambda: (stop.join(), server.start()))
     epochs, events = [], []
     for line in process.stdout:
         if not line.startswith("epoch "):
@@ -194,8 +195,7 @@ def train_with_outage(
                 f"server stopping after epoch 2 ({time.monotonic() - epochs[0][1]:.1f} s)"
             )
         if epoch == restart_after:
-            stop.join()
-            restart.start()
+            restart.start()  # once the stop has finished
             events.append(
                 f"server started after epoch {epoch} ({time.monotonic() - epochs[0][1]:.1f} s)"
             )

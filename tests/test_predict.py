@@ -212,16 +212,21 @@ def real_model(tmp_path_factory) -> Path:
 
 
 def test_real_use_images_are_read_correctly(real_model, monkeypatch):
-    """The real-use check (scripts/real_use.py) in small: 200 redrawn test digits."""
+    """The real-use check (commands/real_use.py) in small: 50 redrawn test digits per style;
+    those as written read as well as before the other styles existed."""
     from commands.real_use import build
 
     monkeypatch.chdir(real_model)
-    files, labels, styles = build(200, real_model / "real-use", seed=1)
+    files, labels, styles = build(350, real_model / "real-use", seed=1)
     assert {f.suffix for f in files} == {".png", ".jpg", ".bmp", ".gif"}
-    assert set(styles) == {"dark on light", "light on dark", "gray"}
+    assert {paper for _, paper in styles} == {"dark on light", "light on dark", "gray"}
+    writing = [style for style, _ in styles]
+    assert writing.count("as written") == writing.count("crossed 7") == 50
+    assert set(labels[np.array(writing) == "crossed 7"]) == {7}
     results = predict_files(real_model / "models" / "model.keras", files)
     predicted = np.array([r.digit for r in results])
-    assert (predicted == labels).mean() >= 0.9
+    as_written = np.array(writing) == "as written"
+    assert (predicted == labels)[as_written].mean() >= 0.9
 
 
 def test_real_use_never_deletes_a_folder_it_did_not_make(real_model, monkeypatch):

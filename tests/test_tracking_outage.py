@@ -18,7 +18,7 @@ from mnist_dense.paths import HISTORY, MODEL, RUN_INFO, TRAIN_METRICS
 from tests.conftest import ROOT, write_mnist, write_params
 from tests.servers import MlflowServer, gaps, train_with_outage
 
-EPOCHS = 20
+EPOCHS = 40
 
 
 @pytest.fixture
