@@ -20,7 +20,6 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 
-import mlflow
 from filelock import FileLock
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -84,8 +83,16 @@ def register(client: MlflowClient, run_id: str, tags: dict[str, str]) -> ModelVe
             description="The dense MNIST classifier. Each version is a model the pipeline "
             f"evaluated; the alias `{ALIAS}` marks the one to use (see the project's README).",
         )
-    mlflow.set_tracking_uri(client.tracking_uri)
-    return mlflow.register_model(f"runs:/{run_id}/model", MODEL_NAME, tags=tags)
+    experiment = client.get_run(run_id).info.experiment_id
+    logged = client.search_logged_models(
+        [experiment], filter_string=f"source_run_id = '{run_id}' AND name = 'model'"
+    )
+    if not logged:
+        raise MlflowException(f"run {run_id} has no logged model yet")
+    model_id = logged[0].model_id
+    return client.create_model_version(
+        MODEL_NAME, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id
+    )
 
 
 def register_and_gate(client: MlflowClient, run_id: str, tags: dict[str, str]) -> str:
