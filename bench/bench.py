@@ -11,6 +11,8 @@
 5. float32 against mixed_bfloat16 on the best preset's network (a few epochs each): time per
    epoch and accuracy, side by side; bfloat16 forced (MNIST_BF16=force) where the CPU lacks
    bfloat16 units, to show what emulation costs.
+6. Where a training step of the best preset goes: the step itself against each distortion,
+   per batch (bench/profile_step.py).
 
 Everything runs in a scratch folder (the project's workspace and MLflow store are not
 touched); data/raw must exist (`dvc repro download`). Prints a Markdown report and writes
@@ -324,6 +326,27 @@ def precision_side_by_side(scratch: Path, env: dict, overrides: dict, report: Re
     )
 
 
+def step_profile(env: dict, report: Report) -> None:
+    """Section 6."""
+    table = subprocess.run(
+        [sys.executable, "-m", "bench.profile_step"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    report(
+        "",
+        "## 6. Where a training step of the best preset goes",
+        "",
+        "Each part run 40 times in one graph, median of 5, on its own (`python -m "
+        "bench.profile_step`).",
+        "",
+        table.strip(),
+    )
+
+
 def main() -> None:
     if not (ROOT / "data" / "raw").is_dir():
         sys.exit("error: data/raw is missing; run `dvc repro download` first")
@@ -350,6 +373,7 @@ def main() -> None:
         artifact_sizes(default, report)
         compute_floor(notebook, report)
         precision_side_by_side(scratch, env, presets["best"]["overrides"], report)
+        step_profile(env, report)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

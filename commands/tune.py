@@ -19,7 +19,8 @@ The study lives in --storage (default: sqlite:///<project>/optuna.db, git-ignore
 PostgreSQL URL, the same command on several machines works on one study: each worker asks
 Optuna for trials, runs them as its own DVC experiments (`dvc exp push`ed to --git-remote when
 given), and a worker killed mid-trial leaves that trial FAIL (Optuna's heartbeat) while the
-others carry on. --trials is what this worker runs; --jobs how many at once.
+others carry on. --trials is what this worker runs; --jobs how many at once; --timeout
+SECONDS starts no trial after that long (a time-boxed search).
 """
 
 import argparse
@@ -300,6 +301,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="make tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     parser.add_argument("--jobs", type=int, default=1, help="trials at once on this machine")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds after which no new trial starts (running ones end)"
+    )
     parser.add_argument("--space", default=str(SPACE_FILE), help="search space YAML")
     parser.add_argument("--study", default="search", help="Optuna study (and DVC name prefix)")
     parser.add_argument(
@@ -327,6 +331,7 @@ def main() -> None:
     study.optimize(
         tuner.objective,
         n_trials=args.trials,
+        timeout=args.timeout,
         n_jobs=args.jobs,
         callbacks=[tuner.after_trial],
         catch=(RuntimeError, subprocess.CalledProcessError),

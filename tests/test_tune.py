@@ -134,6 +134,15 @@ def test_a_four_trial_study_on_two_jobs(searchable):
     assert f"adopt it: dvc exp apply {study.best_trial.user_attrs['dvc_exp']}" in output
 
 
+def test_a_time_box_starts_no_trial_after_it_ends(searchable):
+    folder, env = searchable
+    args = ("--trials", "5", "--timeout", "0.001", "--study", "boxed")
+    output = finish(tune(folder, env, *args))
+    # Optuna checks the clock between trials: the first one runs, then the box is over
+    assert len(study_of(folder, "boxed").trials) == 1
+    assert "study boxed: 1 trials (1 complete)" in output
+
+
 def test_a_trial_clearly_behind_is_pruned_and_leaves_no_experiment(searchable):
     folder, env = searchable
     study = optuna.create_study(
