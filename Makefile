@@ -15,7 +15,7 @@
 # make real-use - accuracy on MNIST test digits redrawn like photos, through predict
 # make tune TRIALS=20 JOBS=2 ARGS='...' - Optuna search, each trial a DVC experiment (tune.yaml)
 # make ui-screenshots - the MLflow UI in headless chromium: runs table, comparison, figures
-# make plots - `dvc plots diff` of the newest experiment, offline, photographed
+# make plots - `dvc plots diff` of HEAD and the newest experiment, offline, photographed
 # make vendor-plots - vega, vega-lite, vega-embed from npm into plots/template.html
 # make team-up / team-down / -s team-env - PostgreSQL + S3 (SeaweedFS) + MLflow server (docs/team.md)
 

@@ -2,7 +2,7 @@
 
     make plots [REVS="exp-a exp-b"]      (python -m commands.plots [REV ...])
 
-Runs `dvc plots diff` (by default the newest experiment against the workspace) into
+Runs `dvc plots diff` (by default HEAD against the newest experiment) into
 dvc_plots/, with the project's template, which carries vega, vega-lite and vega-embed itself
 (plots/template.html, `make vendor-plots`), so the page needs no network. Then opens it in
 headless Chromium, waits until every chart is drawn and every image loaded, and saves the whole
@@ -82,7 +82,9 @@ def main() -> None:
     reason = browser.missing()
     if reason:
         raise PipelineError(reason)
-    revisions = sys.argv[1:] or [newest_experiment()]
+    # by default the committed baseline against its newest experiment: after `dvc exp run`
+    # the workspace holds that experiment's results, so comparing with it would show one twice
+    revisions = sys.argv[1:] or ["HEAD", newest_experiment()]
     page = render(revisions)
     counts = photograph(page, SCREENSHOT)
     print(

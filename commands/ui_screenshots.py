@@ -81,6 +81,24 @@ def show_columns(driver: object, names: list[str]) -> None:
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
 
 
+def metric_query(runs: list[str], experiment: str, metric: str) -> str:
+    """The query of the UI's metric page as the page parses it: JSON values, plain axes (it
+    shows an error for a missing value)."""
+    values = {
+        "runs": runs,
+        "metric": metric,
+        "experiments": [experiment],
+        "plot_metric_keys": [metric],
+        "plot_layout": {"autosize": True, "xaxis": {}, "yaxis": {}},
+        "line_smoothness": 1,
+        "show_point": True,
+        "deselected_curves": [],
+        "last_linear_y_axis_range": [],
+    }
+    query = "&".join(f"{k}={urllib.parse.quote(json.dumps(v))}" for k, v in values.items())
+    return f"{query}&x_axis=step&y_axis_scale=linear&workflowType=machine_learning"
+
+
 def best_runs(client: MlflowClient, experiment: str, count: int = 2) -> list:
     runs = client.search_runs(
         [experiment],
@@ -97,6 +115,8 @@ def best_runs(client: MlflowClient, experiment: str, count: int = 2) -> list:
 
 
 def main() -> None:
+    from selenium.webdriver.common.by import By
+
     reason = browser.missing()
     if reason:
         raise PipelineError(reason)
@@ -119,21 +139,28 @@ def main() -> None:
             time.sleep(2)
             driver.save_screenshot(str(RESULTS / "ui-runs.png"))
 
+            mode = "workflowType=machine_learning"
             runs = urllib.parse.quote(json.dumps(chosen))
             experiments = urllib.parse.quote(json.dumps([experiment]))
-            driver.get(f"{base}/#/compare-runs?runs={runs}&experiments={experiments}")
+            driver.get(f"{base}/#/compare-runs?runs={runs}&experiments={experiments}&{mode}")
             browser.wait_for(lambda: "train.hidden_units" in browser.page_text(driver), "compare")
             time.sleep(2)
+            close_assistant(driver)
+            click_text(driver, "Visualizations")  # folded, so the params table is in view
+            driver.find_element(By.XPATH, "//*[@role='switch']").click()  # "Show diff only"
+            time.sleep(1)
             driver.save_screenshot(str(RESULTS / "ui-compare.png"))
 
-            metric = f"{base}/#/metric/val_accuracy?runs={runs}&experiments={experiments}"
-            driver.get(metric + "&plot_metric_keys=%5B%22val_accuracy%22%5D&x_axis=step")
-            browser.wait_for(lambda: "val_accuracy" in browser.page_text(driver), "curves")
+            driver.get(f"{base}/#/metric?{metric_query(chosen, experiment, 'val_accuracy')}")
+            curve = f"{names[chosen[0]]} (val_accuracy)"
+            browser.wait_for(lambda: curve in browser.page_text(driver), "curves")
             time.sleep(4)
+            close_assistant(driver)
             driver.save_screenshot(str(RESULTS / "ui-val-accuracy.png"))
 
             figure = "artifacts/figures/training_curves.png"
-            driver.get(f"{base}/#/experiments/{experiment}/runs/{chosen[0]}/{figure}")
+            run_page = f"{base}/#/experiments/{experiment}/runs/{chosen[0]}"
+            driver.get(f"{run_page}/{figure}?{mode}")
             browser.wait_for(lambda: "training_curves.png" in browser.page_text(driver), "figure")
             time.sleep(3)
             close_assistant(driver)
