@@ -103,6 +103,9 @@ def main() -> None:
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         )
         sh(tool("dvc"), "repro", cwd=copy, env=env)  # the baseline the experiments start from
+        sh("git", "add", "-A", cwd=copy, env=env)  # experiments need a commit to start from
+        author = ("-c", "user.name=bench-tune", "-c", "user.email=bench-tune@localhost")
+        sh("git", *author, "commit", "-qm", "baseline", cwd=copy, env=env)
         grid_best, grid_seconds, grid_runs = grid(copy, env)
         search_best, search_seconds, study = search(copy, env, budget)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]

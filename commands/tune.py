@@ -274,8 +274,7 @@ def make_study(args) -> optuna.Study:
             storage = optuna.storages.RDBStorage(
                 storage_url,
                 heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=0),
+                grace_period=GRACE_S,  # a silent trial is then marked FAIL, never retried
             )
             break
         except SQLAlchemyError as error:
