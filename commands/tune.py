@@ -220,15 +220,24 @@ class Tuner:
         return value
 
     def _validation_accuracy(self, name: str) -> float:
+        """The experiment's final val_accuracy, read from its commit under refs/exps: found by
+        name whatever commit it started from (HEAD may move while a search runs)."""
+        refs = subprocess.run(
+            ["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        found = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+        if not found:
+            raise RuntimeError(f"experiment {name} has no ref under refs/exps")
         shown = subprocess.run(
-            [tool("dvc"), "exp", "show", "--json"], capture_output=True, text=True, check=True
+            ["git", "show", f"{found[0]}:metrics/train.json"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-        for baseline in json.loads(shown):
-            for exp in baseline.get("experiments") or []:
-                if exp.get("name") == name:
-                    metrics = exp["revs"][0]["data"]["metrics"]
-                    return float(metrics["metrics/train.json"]["data"]["val_accuracy"])
-        raise RuntimeError(f"experiment {name} is not in `dvc exp show`")
+        return float(json.loads(shown)["val_accuracy"])
 
     def _mark_child(self, name: str, state: str) -> None:
         query = f"tags.`dvc.exp_name` = '{name}' and tags.`mlflow.parentRunId` = '{self.parent}'"
