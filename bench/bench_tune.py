@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import yaml
 
 from commands.verify_repro import scratch_copy
 from mnist_dense.lineage import clean_environment, cpu_name, tool
+from mnist_dense.services import run_queue
 
 ROOT = Path.cwd()
 RESULTS = ROOT / "results" / "bench-tune.md"
@@ -72,9 +72,7 @@ def grid(copy: Path, env: dict) -> tuple[float, float, int]:
         overrides = dict(zip(GRID, values, strict=True)) | FIXED
         sets = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
         sh(dvc, "exp", "run", "--queue", *sets, cwd=copy, env=env)
-    sh(dvc, "queue", "start", "-j", str(JOBS), cwd=copy, env=env)
-    while re.search(r"\b(Queued|Running)\b", sh(dvc, "queue", "status", cwd=copy, env=env)):
-        time.sleep(2)
+    run_queue(dvc, JOBS, cwd=copy, env=env)
     seconds = time.perf_counter() - started
     found = {k: v for k, v in val_accuracies(copy, env).items() if k not in before}
     return max(found.values()), seconds, len(found)

@@ -6,7 +6,7 @@ seeds and print the README's table.
     python -m commands.presets table [--seeds 1 2 3] [NAME ...] (make presets-table)
 
 `table` queues one experiment per preset and seed (named `<preset>-seed<N>`), runs them one at a
-time (`dvc exp run --run-all -j 1`, so timings are not shared between two trainings), then
+time (one queue worker, so timings are not shared between two trainings), then
 reads test accuracy and training time back from `dvc exp show`, prints a Markdown table and
 writes it to results/presets.md, with each preset's learning curves (first seed) as
 results/curves-<preset>.png.
@@ -25,7 +25,9 @@ import yaml
 
 from mnist_dense.cli import PipelineError
 from mnist_dense.figures import training_curves
+from mnist_dense.lineage import tool
 from mnist_dense.params import PARAMS_FILE, as_override, parse_params, read_yaml
+from mnist_dense.services import run_queue
 
 PRESETS_FILE = Path("presets.yaml")
 RESULTS = Path("results")
@@ -133,7 +135,7 @@ def main() -> None:
         for seed in args.seeds:
             command = exp_command(name, presets[name]["overrides"], seed, queue=True)
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], check=True)
+    run_queue(tool("dvc"), 1, cwd=Path.cwd())
     chosen = {name: presets[name] for name in names}
     results = experiments()
     table = markdown_table(chosen, args.seeds, results)

@@ -6,11 +6,9 @@ Each test starts from the module's `dvc repro`'d copy and leaves its workspace a
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import mlflow
@@ -22,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from mnist_dense.lineage import dvc_lock_outputs
 from mnist_dense.model import load_model
 from mnist_dense.served_model import example_image
+from mnist_dense.services import run_queue
 from tests.conftest import BIN, DVC, experiments, sh, tracking_store, write_params
 from tests.servers import post, serve
 
@@ -258,12 +257,7 @@ def test_queued_sweep_with_two_workers_loses_nothing(project):
         DVC, "exp", "run", "--queue", "-S", "train.learning_rate=0.002,0.02",
         "-S", "train.batch_size=16,64", "-S", "train.epochs=1", cwd=project, env=env,
     )  # fmt: skip
-    sh(DVC, "queue", "start", "-j", "2", cwd=project, env=env)
-    deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", sh(DVC, "queue", "status", cwd=project, env=env)):
-        assert time.monotonic() < deadline, "the queue did not finish in 10 minutes"
-        time.sleep(2)
-    status = sh(DVC, "queue", "status", cwd=project, env=env)
+    status = run_queue(DVC, 2, cwd=project, env=env, timeout=600)
     assert "Failed" not in status, status
     baseline = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
     new_runs = [run for run in runs(project) if run.info.run_id not in runs_before]

@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
+from mnist_dense.services import run_queue
 from tests.conftest import DVC, sh
 from tests.servers import post, serve
 
@@ -123,11 +123,7 @@ def test_two_queue_workers_registering_at_once_keep_both_versions_and_one_champi
         DVC, "exp", "run", "--queue", "-S", "train.learning_rate=0.003,0.03",
         "-S", "train.epochs=2", cwd=folder, env=env,
     )  # fmt: skip
-    sh(DVC, "queue", "start", "-j", "2", cwd=folder, env=env)
-    deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", sh(DVC, "queue", "status", cwd=folder, env=env)):
-        assert time.monotonic() < deadline, "the queue did not finish in 10 minutes"
-        time.sleep(2)
+    run_queue(DVC, 2, cwd=folder, env=env, timeout=600)
     added = set(versions(client)) - before
     assert len(added) == 2
     holders = [

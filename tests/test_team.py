@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import boto3
@@ -271,11 +272,17 @@ def test_two_tuner_workers_share_a_study_in_the_stacks_postgresql(stack):
 def test_the_object_store_stopped_during_a_push_fails_clearly_and_a_retry_completes(stack):
     folder, env, _, _ = stack
     big = folder / "big.bin"
-    big.write_bytes(os.urandom(200 * 2**20))  # large enough to be mid-transfer when it stops
+    big.write_bytes(os.urandom(400 * 2**20))  # large enough to be mid-transfer when it stops
     sh(DVC, "add", "big.bin", cwd=folder, env=env)
+    store = Path(env["MNIST_TEAM_HOME"]) / "seaweedfs"
+    before = stored_bytes(store)
     push = subprocess.Popen([DVC, "push", "big.bin"], cwd=folder, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    while stored_bytes(store) < before + 8 * 2**20:  # stop it once the upload is under way
+        assert push.poll() is None, "the push ended before the object store received its data"
+        assert time.monotonic() < deadline, "the object store received nothing in 2 minutes"
+        time.sleep(0.05)
     assert team("stop", "s3", env=env, cwd=folder).returncode == 0
     output = push.communicate(timeout=300)[0]
     try:
@@ -289,6 +296,15 @@ def test_the_object_store_stopped_during_a_push_fails_clearly_and_a_retry_comple
     assert "Cache and remote 'team' are in sync" in status
     sh(DVC, "remove", "big.bin.dvc", cwd=folder, env=env)
     big.unlink()
+
+
+def stored_bytes(folder: Path) -> int:
+    """Bytes on disk under `folder` (blocks written, so preallocated space does not count)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with suppress(FileNotFoundError):
+            total += path.lstat().st_blocks * 512 if path.is_file() else 0
+    return total
 
 
 class StackServer:
