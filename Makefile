@@ -1,5 +1,6 @@
 # make run   - set up .venv from requirements.lock (when missing or the lock changed), then `dvc repro`
-# make test  - the test suite
+# make test  - the fast tier: unit and in-process tests, no servers, browser or real MNIST (minutes)
+# make test-all - every test, servers and browser included (what CI runs)
 # make lint  - ruff
 # make lock  - requirements.in -> requirements.lock (every package, pinned with its hashes)
 # make ui    - MLflow UI on http://127.0.0.1:5000 for this project's runs
@@ -33,7 +34,7 @@ RUN_PATH := PATH="$(CURDIR)/$(BIN):$$PATH"
 TRIALS ?= 20
 JOBS ?= 1
 
-.PHONY: run test ui mlflow-server lint lock venv sync-runs verify-repro reproduce exp \
+.PHONY: run test test-all ui mlflow-server lint lock venv sync-runs verify-repro reproduce exp \
 	presets-table bench bench-tune predict real-use tune ui-screenshots plots vendor-plots \
 	team-up team-down team-env team-tools
 
@@ -56,8 +57,14 @@ lock: $(STAMP)
 run: $(STAMP)
 	$(RUN_PATH) $(BIN)/dvc repro
 
+# The tiers' markers are in pyproject.toml; tests/conftest.py marks each test by its fixtures.
+FAST := not slow and not services and not browser and not real_data
+
 test: $(STAMP)
-	$(RUN_PATH) $(BIN)/python -m pytest
+	$(RUN_PATH) $(BIN)/python -m pytest -m "$(FAST)" $(ARGS)
+
+test-all: $(STAMP)
+	$(RUN_PATH) $(BIN)/python -m pytest --durations=25 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

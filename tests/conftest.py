@@ -1,9 +1,14 @@
 """Shared fixtures and helpers: tiny synthetic MNIST-format data, written as real gzipped IDX
-files; a throwaway git + DVC copy of the project; commands, ports, and the CI rule on skips.
+files; throwaway git + DVC copies of the project, built once per session; command runners;
+the test tiers; and the CI rule on skips.
 
 Each "digit" is a bright 7x7 block at a class-specific place, jittered and noisy: easy
 enough for a small dense net to learn in a few epochs, so accuracy far above chance
 proves the whole path works.
+
+Tiers (docs/testing.md): `make test` runs what is left after deselecting the markers below,
+`make test-all` everything. A test is marked by the heavy fixtures it uses (HEAVY_FIXTURES),
+so nobody has to remember to mark it.
 """
 
 import gzip
@@ -11,12 +16,14 @@ import hashlib
 import json
 import os
 import shutil
-import socket
+import signal
+import sqlite3
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,7 @@ import pytest
 import yaml
 
 from mnist_dense.lineage import clean_environment, copy_project
+from tests.servers import chromium, mlflow_server, model_server, postgres  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, mlflow
@@ -74,6 +82,41 @@ TINY_PARAMS = {
     "tracking": {"enabled": False},
 }
 
+# Tiers: a test using one of these fixtures (directly or through another) gets its marker.
+HEAVY_FIXTURES = {
+    "built_project": "slow",  # git + `dvc repro` of a project copy, stages as processes
+    "run_stage": "slow",  # a stage as its own process (TensorFlow and MLflow start up)
+    "start_stage": "slow",  # the same, left running for the test to signal
+    "run_command": "slow",  # a command as its own process
+    "postgres": "services",  # a real PostgreSQL cluster
+    "mlflow_server": "services",  # a real `mlflow server`
+    "model_server": "services",  # `mlflow models serve`
+    "stack": "services",  # make team-up: PostgreSQL + SeaweedFS + mlflow server
+    "chromium": "browser",  # headless Chromium through chromedriver
+    "real_mnist": "real_data",  # the real MNIST files in ../shared
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in HEAVY_FIXTURES:
+                item.add_marker(HEAVY_FIXTURES[fixture])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skip is a failure: a green run must mean that every test ran."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {reason}"
+
+
+# Data ------------------------------------------------------------------------------------
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """Uncompressed IDX encoding of a uint8 array."""
@@ -105,11 +148,11 @@ def write_mnist(folder: Path, train_count: int = 300, test_count: int = 100) -> 
         images, labels = synthetic_digits(counts[prefix], seed=len(prefix))
         write_idx(folder / images_name, images)
         write_idx(folder / labels_name, labels)
-    return {
-        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        for names in FILES.values()
-        for name in names
-    }
+    return {name: sha256(folder / name) for names in FILES.values() for name in names}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +160,14 @@ def tiny_mirror(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A folder holding tiny MNIST files, and their checksums."""
     folder = tmp_path_factory.mktemp("mirror")
     return folder, write_mnist(folder)
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """The real MNIST files beside the checkout (skipped, so failed in CI, without them)."""
+    if not SHARED_MIRROR.is_dir():
+        pytest.skip(f"no MNIST mirror at {SHARED_MIRROR}")
+    return SHARED_MIRROR
 
 
 def tiny_params(**overrides: dict) -> dict:
@@ -149,11 +200,108 @@ def workdir(tmp_path, monkeypatch, tiny_mirror) -> Path:
     return tmp_path
 
 
+# Running commands ----------------------------------------------------------------------------
+
+
 def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
     """Run a command; fail the test with its output unless it succeeds. Its stdout + stderr."""
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def python_module(
+    module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    """`python -m module args...` as its own process, the project importable from anywhere."""
+    env = (os.environ if env is None else env) | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def run_stage() -> Callable[..., subprocess.CompletedProcess]:
+    """`run_stage("train", env_extra={...})`: the stage as DVC runs it, in the working folder."""
+
+    def run(name: str, env_extra: dict | None = None, timeout: float = 240):
+        return python_module(f"stages.{name}", env=os.environ | (env_extra or {}), timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def start_stage() -> Iterator[Callable[..., subprocess.Popen]]:
+    """`start_stage("train")`: the stage started as its own process in the working folder, its
+    stdout and stderr piped (unbuffered); killed at the end of the test if still running."""
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, env_extra: dict | None = None) -> subprocess.Popen:
+        env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"} | (env_extra or {})
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"stages.{name}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def run_command() -> Callable[..., subprocess.CompletedProcess]:
+    """`run_command("commands.predict", *args, cwd=..., env=...)`: a command as its own process."""
+    return python_module
+
+
+@dataclass
+class Finished:
+    """What an in-process run of a command's main left: exit code and output."""
+
+    code: int
+    out: str
+    err: str
+
+    def errors(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def call_main(capsys, monkeypatch) -> Callable[..., Finished]:
+    """`call_main(module.main, *argv)`: the command as mnist_dense.cli.run runs it, in this
+    process (no start-up cost): its exit code and output. Signal handlers are put back."""
+    from mnist_dense.cli import run
+
+    def call(main: Callable[[], None], *argv: str) -> Finished:
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        monkeypatch.setattr(sys, "argv", ["command", *argv])
+        capsys.readouterr()
+        try:
+            run(main)
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code if isinstance(exit_info.code, int) else 1
+            if isinstance(exit_info.code, str):
+                print(exit_info.code, file=sys.stderr)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        captured = capsys.readouterr()
+        return Finished(code, captured.out, captured.err)
+
+    return call
 
 
 @contextmanager
@@ -170,10 +318,14 @@ def tracking_store(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def client_of(project: Path):
+    """An MLflow client on a project's own SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+# Projects ----------------------------------------------------------------------------------
 
 
 def make_project(folder: Path, mirror: Path, checksums: dict[str, str]) -> dict[str, str]:
@@ -185,16 +337,40 @@ def make_project(folder: Path, mirror: Path, checksums: dict[str, str]) -> dict[
         "".join(f"{digest}  {name}\n" for name, digest in checksums.items())
     )
     write_params(folder, tracking={"enabled": True})
-    env = clean_environment(
+    env = project_environment(mirror)
+    sh("git", "init", "-q", "-b", "main", cwd=folder, env=env)
+    sh("git", "add", "-A", cwd=folder, env=env)
+    sh("git", "commit", "-q", "-m", "copy", cwd=folder, env=env)
+    return env
+
+
+def project_environment(mirror: Path) -> dict[str, str]:
+    return clean_environment(
         PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
         MNIST_MIRROR=str(mirror),
         MLFLOW_EXPERIMENT_NAME="e2e",
         **GIT_IDENTITY,
     )
-    sh("git", "init", "-q", "-b", "main", cwd=folder, env=env)
-    sh("git", "add", "-A", cwd=folder, env=env)
-    sh("git", "commit", "-q", "-m", "copy", cwd=folder, env=env)
-    return env
+
+
+def copy_of(source: Path, dest: Path) -> Path:
+    """A copy of a built project that works on its own: files, git, DVC cache, and an MLflow
+    store whose artifact locations point at the copy's own mlartifacts."""
+    shutil.copytree(source, dest, symlinks=True)
+    database = dest / "mlflow.db"
+    if database.is_file():
+        with closing(sqlite3.connect(database)) as connection:
+            tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            for (table,) in tables.fetchall():
+                for _, column, kind, *_ in connection.execute(f"PRAGMA table_info('{table}')"):
+                    if kind.upper().startswith(("VARCHAR", "TEXT", "CHAR")):
+                        connection.execute(
+                            f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                            f'WHERE instr("{column}", ?) > 0',
+                            (str(source), str(dest), str(source)),
+                        )
+            connection.commit()
+    return dest
 
 
 def experiments(project: Path, env: dict) -> dict[str, dict]:
@@ -207,21 +383,116 @@ def experiments(project: Path, env: dict) -> dict[str, dict]:
     }
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_mirror) -> tuple[Path, dict]:
-    """make_project, committed and `dvc repro`'d: one per test module that asks for it."""
-    folder = tmp_path_factory.mktemp("project")
+def exp_run(project: Path, env: dict, name: str, *overrides: str) -> str:
+    """`dvc exp run --temp -n NAME -S ...`: an experiment that leaves the workspace as it was."""
+    sets = [arg for override in overrides for arg in ("-S", override)]
+    return sh(DVC, "exp", "run", "--temp", "-n", name, *sets, cwd=project, env=env)
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, tiny_mirror) -> tuple[Path, dict]:
+    """make_project, committed and `dvc repro`'d, once per session: tests get copies."""
+    folder = tmp_path_factory.mktemp("built") / "project"
     env = make_project(folder, *tiny_mirror)
     sh(DVC, "repro", cwd=folder, env=env)
     return folder, env
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI a skip is a failure: a green run must mean that every test ran."""
-    outcome = yield
-    report = outcome.get_result()
-    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.outcome = "failed"
-        report.longrepr = f"skipped in CI, where every test must run: {reason}"
+@pytest.fixture
+def project(built_project, tmp_path) -> tuple[Path, dict]:
+    """This test's own copy of the built project, and the environment to run it in."""
+    folder, env = built_project
+    return copy_of(folder, tmp_path / "project"), env
+
+
+EXPERIMENTS = {"one-epoch": "train.epochs=1", "two-epochs": "train.epochs=2"}
+
+
+@pytest.fixture(scope="session")
+def built_experiments(built_project, tmp_path_factory) -> tuple[Path, dict]:
+    """The built project plus two DVC experiments (EXPERIMENTS), each an MLflow run named
+    after it, made once per session."""
+    source, env = built_project
+    folder = copy_of(source, tmp_path_factory.mktemp("experiments") / "project")
+    for name, override in EXPERIMENTS.items():
+        exp_run(folder, env, name, override)
+    return folder, env
+
+
+@pytest.fixture
+def project_with_experiments(built_experiments, tmp_path) -> tuple[Path, dict]:
+    """This test's own copy of the project with EXPERIMENTS."""
+    folder, env = built_experiments
+    return copy_of(folder, tmp_path / "project"), env
+
+
+@dataclass
+class ForcedRerun:
+    """The built project re-run from scratch (`dvc repro --force --no-run-cache`)."""
+
+    project: Path
+    lock_before: dict[str, str]
+    lock_after: dict[str, str]
+    runs_before: int
+    runs_after: int
+    files_before: dict[str, bytes]  # every output file's bytes (folders left out)
+    files_after: dict[str, bytes]
+
+
+def _run_count(project: Path) -> int:
+    client = client_of(project)
+    experiment = client.get_experiment_by_name("e2e")
+    return len(client.search_runs([experiment.experiment_id])) if experiment else 0
+
+
+def _output_files(project: Path, lock: dict[str, str]) -> dict[str, bytes]:
+    return {path: (project / path).read_bytes() for path in lock if (project / path).is_file()}
+
+
+@pytest.fixture(scope="session")
+def forced_rerun(built_project, tmp_path_factory) -> ForcedRerun:
+    """A copy of the built project forced to re-run every stage, once per session."""
+    from mnist_dense.lineage import dvc_lock_outputs
+
+    source, env = built_project
+    folder = copy_of(source, tmp_path_factory.mktemp("rerun") / "project")
+    before = dvc_lock_outputs(folder / "dvc.lock")
+    files_before, runs_before = _output_files(folder, before), _run_count(folder)
+    sh(DVC, "repro", "--force", "--no-run-cache", cwd=folder, env=env)
+    after = dvc_lock_outputs(folder / "dvc.lock")
+    return ForcedRerun(
+        folder, before, after, runs_before, _run_count(folder), files_before,
+        _output_files(folder, after),
+    )  # fmt: skip
+
+
+@dataclass
+class Sweep:
+    """A queued 2x2 sweep run by two queue workers at once."""
+
+    project: Path
+    env: dict
+    status: str
+    runs_before: set[str]
+    versions_before: set[str]
+
+
+SWEEP = ("train.learning_rate=0.002,0.02", "train.batch_size=16,64", "train.epochs=1")
+
+
+@pytest.fixture(scope="session")
+def swept(built_project, tmp_path_factory) -> Sweep:
+    """A copy of the built project after `dvc exp run --queue` of SWEEP and `dvc queue start
+    -j 2`, once per session: the pipeline's and the registry's tests read it."""
+    from mnist_dense.registry import MODEL_NAME
+    from mnist_dense.services import run_queue
+
+    source, env = built_project
+    folder = copy_of(source, tmp_path_factory.mktemp("sweep") / "project")
+    client = client_of(folder)
+    experiment = client.get_experiment_by_name("e2e").experiment_id
+    runs_before = {run.info.run_id for run in client.search_runs([experiment])}
+    versions = {str(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+    sh(DVC, "exp", "run", "--queue", *(a for s in SWEEP for a in ("-S", s)), cwd=folder, env=env)
+    status = run_queue(DVC, 2, cwd=folder, env=env, timeout=600)
+    return Sweep(folder, env, status, runs_before, versions)

@@ -1,7 +1,8 @@
-"""Real servers for the tests, each on 127.0.0.1, a free port and a folder of its own, stopped
-even when a test fails: a throwaway PostgreSQL cluster (password authentication), `mlflow
-server`, `mlflow models serve`. Fixtures in the test modules wrap these; the process handling
-is the library's (mnist_dense/services.py), as the team stack's.
+"""Real servers for the tests, as fixtures, each on 127.0.0.1, a free port and a folder of its
+own, stopped even when a test fails: a throwaway PostgreSQL cluster (password authentication),
+`mlflow server`, `mlflow models serve`, headless Chromium. tests/conftest.py imports the
+fixtures (and marks the tests that use them); the process handling is the library's
+(mnist_dense/services.py), as the team stack's.
 """
 
 import itertools
@@ -18,14 +19,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
-from mnist_dense import services
-from tests.conftest import BIN, ROOT, free_port
+from mnist_dense import browser, services
+from mnist_dense.services import free_port
 
+BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 120
 
 
@@ -46,8 +48,8 @@ def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
     process.wait()
 
 
-@contextmanager
-def postgres_server() -> Iterator[str]:
+@pytest.fixture
+def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (password authentication) with a database
     `mlflow`; yields its URI. Skips, saying why, without PostgreSQL."""
     if services.postgres_bin() is None:
@@ -56,16 +58,16 @@ def postgres_server() -> Iterator[str]:
             "/usr/lib/postgresql/*/bin (apt-get install postgresql; .ci/run does)"
         )
     folder = Path(tempfile.mkdtemp(prefix="test-postgres-"))  # not under pytest's root-only tmp
-    postgres = services.Postgres(folder / "cluster", free_port(), secrets.token_hex(12))
+    cluster = services.Postgres(folder / "cluster", free_port(), secrets.token_hex(12))
     try:
-        postgres.init()
-        postgres.start(READY_TIMEOUT_S)
-        postgres.create_database("mlflow")
-        yield postgres.uri()
+        cluster.init()
+        cluster.start(READY_TIMEOUT_S)
+        cluster.create_database("mlflow")
+        yield cluster.uri()
     except services.ServiceError as error:
-        pytest.fail(f"{error}:\n{services.log_tail(postgres.log)}")
+        pytest.fail(f"{error}:\n{services.log_tail(cluster.log)}")
     finally:
-        postgres.stop()
+        cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -110,12 +112,18 @@ class MlflowServer:
             stop_group(self.process, timeout_s=5)  # an outage: no need for a graceful exit
             self.process = None
 
-    def __enter__(self) -> "MlflowServer":
-        self.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+@pytest.fixture
+def mlflow_server(tmp_path) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on a SQLite store and local artifacts in the test's folder."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = MlflowServer(folder, f"sqlite:///{folder / 'store.db'}", str(folder / "artifacts"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager
@@ -134,7 +142,7 @@ def serve(model_uri: str, project: Path, env: dict) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             assert process.poll() is None, "mlflow models serve exited"
             try:
@@ -147,6 +155,24 @@ def serve(model_uri: str, project: Path, env: dict) -> Iterator[str]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def model_server() -> Iterator[Callable[[str, Path, dict], str]]:
+    """`model_server(model_uri, project, env)` serves the model until the test ends; its URL."""
+    with ExitStack() as servers:
+        yield lambda model_uri, project, env: servers.enter_context(serve(model_uri, project, env))
+
+
+@pytest.fixture
+def chromium() -> Iterator[Callable[..., object]]:
+    """`chromium(extra_flags=[...])`: a Selenium driver on Debian's headless Chromium, quit at
+    the end of the test (skips, saying why, without it)."""
+    reason = browser.missing()
+    if reason:
+        pytest.skip(reason)
+    with ExitStack() as drivers:
+        yield lambda **options: drivers.enter_context(browser.chromium(**options))
 
 
 def post(url: str, payload: dict) -> dict:
@@ -165,8 +191,9 @@ def train_with_outage(
     """`python -m stages.train` in `folder`, stopping the tracking server (anything with
     stop(), start(), uri and back_at) at epoch 2 and starting it again after epoch
     `restart_after` (never, for None). The process, its stderr, (epoch, time) per epoch line."""
+    root = Path(__file__).resolve().parents[1]
     env = (env or os.environ) | {
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
         "PYTHONUNBUFFERED": "1",
         "MLFLOW_TRACKING_URI": server.uri,
         "MLFLOW_EXPERIMENT_NAME": "outage",

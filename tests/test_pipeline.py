@@ -1,7 +1,7 @@
 """End to end: the real dvc.yaml on tiny data in a throwaway copy of the project.
 
-Each test starts from the module's `dvc repro`'d copy and leaves its workspace as it found it
-(experiments run with `--temp`), so any one of them passes alone.
+Each test gets its own copy of the session's `dvc repro`'d project (tests/conftest.py); what is
+costly and only read (a forced re-run, a queued sweep) is made once per session and shared.
 """
 
 import json
@@ -15,18 +15,23 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
-from mlflow.tracking import MlflowClient
 
 from mnist_dense.lineage import dvc_lock_outputs
 from mnist_dense.model import load_model
 from mnist_dense.served_model import example_image
-from mnist_dense.services import run_queue
-from tests.conftest import BIN, DVC, experiments, sh, tracking_store, write_params
-from tests.servers import post, serve
-
-
-def client_of(project: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+from tests.conftest import (
+    BIN,
+    DVC,
+    EXPERIMENTS,
+    client_of,
+    exp_run,
+    experiments,
+    sh,
+    sha256,
+    tracking_store,
+    write_params,
+)
+from tests.servers import post
 
 
 def runs(project: Path) -> list:
@@ -106,7 +111,7 @@ def test_mlflow_run_records_what_reproduces_it(project):
         assert tags[f"env.{name}"], name
     assert tags["env.keras"] == keras_version()
     assert tags["env.threads"] == "1"  # the tiny params' train.threads
-    assert tags["env.requirements_lock_sha256"] == sha256_of(project / "requirements.lock")
+    assert tags["env.requirements_lock_sha256"] == sha256(project / "requirements.lock")
     lock = dvc_lock_outputs(project / "dvc.lock")
     for path in ("data/raw", "data/processed", "models/model.keras"):
         assert tags[f"dvc.md5.{path}"] == lock[path]
@@ -119,28 +124,22 @@ def test_mlflow_run_records_what_reproduces_it(project):
     assert overrides == run.data.params
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def keras_version() -> str:
     import keras
 
     return keras.__version__
 
 
-def test_the_logged_model_is_served_over_http(project):
+def test_the_logged_model_is_served_over_http(project, model_server):
     """`mlflow models serve` on the run's model answers for pixel rows and for image files."""
     project, env = project
     run = workspace_run(project)
     x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:2]
     y_test = np.load(project / "data" / "processed" / "y_test.npy", allow_pickle=False)[:2]
     local = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
-    with serve(f"runs:/{run.info.run_id}/model", project, env) as url:
-        rows = post(url, {"dataframe_records": [{"pixels": x.tolist()} for x in x_test]})
-        images = post(url, {"dataframe_records": [{"image": example_image(x)} for x in x_test]})
+    url = model_server(f"runs:/{run.info.run_id}/model", project, env)
+    rows = post(url, {"dataframe_records": [{"pixels": x.tolist()} for x in x_test]})
+    images = post(url, {"dataframe_records": [{"image": example_image(x)} for x in x_test]})
     served = np.array([row["probabilities"] for row in rows["predictions"]])
     np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
     assert [row["digit"] for row in rows["predictions"]] == list(y_test)
@@ -154,15 +153,16 @@ def test_second_repro_is_a_no_op(project):
     assert "Data and pipelines are up to date." in out
 
 
-def test_forced_rerun_reproduces_every_output_bit_for_bit(project):
-    project, env = project
-    before, runs_before = dvc_lock_outputs(project / "dvc.lock"), len(runs(project))
-    sh(DVC, "repro", "--force", "--no-run-cache", cwd=project, env=env)
-    after = dvc_lock_outputs(project / "dvc.lock")
+def test_forced_rerun_reproduces_every_output_bit_for_bit(forced_rerun):
+    project, before, after = (
+        forced_rerun.project,
+        dict(forced_rerun.lock_before),
+        dict(forced_rerun.lock_after),
+    )
     assert sorted(after) == sorted(stage_outputs(project))
     assert after.pop("metrics/run.json") != before.pop("metrics/run.json")  # a new MLflow run
     assert after == before
-    assert len(runs(project)) == runs_before + 1
+    assert forced_rerun.runs_after == forced_rerun.runs_before + 1
 
 
 def test_verify_repro_reports_identical_outputs(project):
@@ -218,7 +218,7 @@ def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(
 def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     project, env = project
     runs_before = len(runs(project))
-    sh(DVC, "exp", "run", "--temp", "-S", "train.epochs=1", "-n", "one-epoch", cwd=project, env=env)
+    exp_run(project, env, "one-epoch", "train.epochs=1")
     data = experiments(project, env)["one-epoch"]
     assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
@@ -231,36 +231,26 @@ def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
     assert latest.data.params["train.epochs"] == "1"
 
 
-def test_run_cache_restores_a_training_without_a_new_mlflow_run(project):
-    """Back to a configuration already trained: DVC restores it, and it still points at the
-    MLflow run that produced its model."""
-    project, env = project
-    sh(DVC, "exp", "run", "--temp", "-S", "train.epochs=2", "-n", "cache-a", cwd=project, env=env)
-    sh(DVC, "exp", "run", "--temp", "-S", "train.epochs=4", "-n", "cache-b", cwd=project, env=env)
+def test_run_cache_restores_a_training_without_a_new_mlflow_run(project_with_experiments):
+    """Back to a configuration already trained (after another): DVC restores it, and it
+    still points at the MLflow run that produced its model."""
+    project, env = project_with_experiments
+    name, override = next(iter(EXPERIMENTS.items()))  # trained before the second experiment
     runs_before = len(runs(project))
-    out = sh(
-        DVC, "exp", "run", "--temp", "-S", "train.epochs=2", "-n", "cache-a-again",
-        cwd=project, env=env,
-    )  # fmt: skip
+    out = exp_run(project, env, f"{name}-again", override)
     assert "Stage 'train' is cached - skipping run" in out
     assert len(runs(project)) == runs_before
     shown = experiments(project, env)
-    run_id = shown["cache-a-again"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
-    assert run_id == shown["cache-a"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
-    assert {r.info.run_id: r.info.run_name for r in runs(project)}[run_id] == "cache-a"
+    run_id = shown[f"{name}-again"]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
+    assert run_id == shown[name]["metrics"]["metrics/run.json"]["data"]["mlflow_run_id"]
+    assert {r.info.run_id: r.info.run_name for r in runs(project)}[run_id] == name
 
 
-def test_queued_sweep_with_two_workers_loses_nothing(project):
-    project, env = project
-    runs_before = {run.info.run_id for run in runs(project)}
-    sh(
-        DVC, "exp", "run", "--queue", "-S", "train.learning_rate=0.002,0.02",
-        "-S", "train.batch_size=16,64", "-S", "train.epochs=1", cwd=project, env=env,
-    )  # fmt: skip
-    status = run_queue(DVC, 2, cwd=project, env=env, timeout=600)
-    assert "Failed" not in status, status
+def test_queued_sweep_with_two_workers_loses_nothing(swept):
+    project, env = swept.project, swept.env
+    assert "Failed" not in swept.status, swept.status
     baseline = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
-    new_runs = [run for run in runs(project) if run.info.run_id not in runs_before]
+    new_runs = [run for run in runs(project) if run.info.run_id not in swept.runs_before]
     assert len(new_runs) == 4
     assert all(run.data.tags["dvc.baseline_rev"] == baseline for run in new_runs)
     shown = experiments(project, env)

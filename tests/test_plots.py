@@ -5,13 +5,12 @@ import hashlib
 import json
 import re
 
-import pytest
 import yaml
 
 from commands.plots import OFFLINE, drawn, render
 from mnist_dense import browser
 from mnist_dense.paths import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED_PNG
-from tests.conftest import DVC, ROOT, sh
+from tests.conftest import EXPERIMENTS, ROOT
 
 TEMPLATE, RECORD = ROOT / "plots" / "template.html", ROOT / "plots" / "vendor.json"
 
@@ -44,34 +43,26 @@ def declared_plots(project) -> tuple[int, int]:
     return len(files) - images + len(pipeline.get("plots", [])), images
 
 
-def test_plots_diff_of_two_experiments_renders_every_plot_offline(project, tmp_path):
-    reason = browser.missing()
-    if reason:
-        pytest.skip(reason)
-    folder, env = project
-    sh(DVC, "exp", "run", "--temp", "-n", "plots-two", "-S", "train.epochs=2", cwd=folder, env=env)
-    sh(DVC, "exp", "run", "--temp", "-n", "plots-four", "-S", "train.epochs=4", cwd=folder, env=env)
-    page = render(["plots-two", "plots-four"], tmp_path / "out", cwd=folder)
+def test_plots_diff_of_two_experiments_renders_every_plot_offline(
+    project_with_experiments, tmp_path, chromium
+):
+    folder, _ = project_with_experiments
+    page = render(list(EXPERIMENTS), tmp_path / "out", cwd=folder)
     html = page.read_text()
     assert not re.search(r"<(script|link)[^>]+(src|href)=\"?https?:", html)  # no CDN
     charts, images = declared_plots(folder)
-    with browser.chromium(extra_flags=OFFLINE) as driver:
-        driver.get(page.as_uri())
-        browser.wait_for(lambda: drawn(driver)["charts"] >= charts, "every chart", 60)
-        browser.wait_for(lambda: drawn(driver)["images"] >= 2 * images, "every image", 60)
-        counts = drawn(driver)
+    driver = chromium(extra_flags=OFFLINE)
+    driver.get(page.as_uri())
+    browser.wait_for(lambda: drawn(driver)["charts"] >= charts, "every chart", 60)
+    browser.wait_for(lambda: drawn(driver)["images"] >= 2 * images, "every image", 60)
+    counts = drawn(driver)
     assert counts["divs"] == charts  # one chart per declared plot, both experiments in each
     assert counts["charts"] >= charts
     assert counts["images"] == 2 * images  # each image plot once per experiment
 
 
-def test_the_figures_are_the_same_bytes_for_the_same_params(project):
-    folder, env = project
-    before = {
-        path: (folder / path).read_bytes()
-        for path in (CURVES_PNG, CONFUSION_PNG, MISCLASSIFIED_PNG)
-    }
+def test_the_figures_are_the_same_bytes_for_the_same_params(forced_rerun):
+    figures = [str(path) for path in (CURVES_PNG, CONFUSION_PNG, MISCLASSIFIED_PNG)]
+    before = {path: forced_rerun.files_before[path] for path in figures}
     assert all(data.startswith(b"\x89PNG") for data in before.values())
-    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
-    after = {path: (folder / path).read_bytes() for path in before}
-    assert after == before
+    assert {path: forced_rerun.files_after[path] for path in figures} == before

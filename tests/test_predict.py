@@ -3,8 +3,6 @@
 import json
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
+from commands import predict
 from commands.predict import predict_files
 from mnist_dense.cli import PipelineError
 from mnist_dense.digit_image import (
@@ -25,7 +24,7 @@ from mnist_dense.digit_image import (
 from mnist_dense.model import build_model, save_model
 from mnist_dense.params import TrainParams
 from stages import preprocess, train
-from tests.conftest import ROOT, SHARED_MIRROR, TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, write_params
 
 
 def draw_seven(size: int, ink: int, paper: int, canvas: tuple[int, int], at: tuple[int, int]):
@@ -117,25 +116,32 @@ def untrained_model(tmp_path) -> Path:
     return path
 
 
-def predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "commands.predict", *args],
-        cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-    )
+@pytest.fixture
+def predict_cli(call_main, monkeypatch):
+    """`predict_cli(*args, cwd=folder)`: `python -m commands.predict args` in `folder`, in
+    this process, with no tracking store in the environment."""
+
+    def call(*args: str, cwd: Path):
+        monkeypatch.chdir(cwd)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return call_main(predict.main, *args)
+
+    return call
 
 
-def test_a_folder_with_bad_files_reports_them_and_predicts_the_rest(tmp_path, untrained_model):
+def test_a_folder_with_bad_files_reports_them_and_predicts_the_rest(
+    tmp_path, untrained_model, run_command
+):
     folder = tmp_path / "scans"
     folder.mkdir()
     for n in range(3):
         draw_seven(60 + 20 * n, 0, 255, (200, 200), (30, 40)).save(folder / f"seven{n}.jpg")
     (folder / "readme.txt").write_text("not an image")
     Image.new("L", (50, 50), 255).save(folder / "blank.gif")
-    result = predict_cli(str(folder), "--model", str(untrained_model), cwd=tmp_path)
-    assert result.returncode == 1
+    env = {"PATH": "/usr/bin:/bin"}  # no tracking store: the --model file answers
+    args = (str(folder), "--model", str(untrained_model))
+    result = run_command("commands.predict", *args, cwd=tmp_path, env=env)
+    assert result.returncode == 1  # the real exit code, from its own process
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors[:2] == [
         f"error: {folder / 'blank.gif'}: no digit found (blank image)",
@@ -149,56 +155,56 @@ def test_a_folder_with_bad_files_reports_them_and_predicts_the_rest(tmp_path, un
     assert (table["probability"].dropna() >= table["probability_2"].dropna()).all()
 
 
-def test_the_csv_never_lands_in_the_folder_being_read(tmp_path, untrained_model):
+def test_the_csv_never_lands_in_the_folder_being_read(tmp_path, untrained_model, predict_cli):
     folder = tmp_path / "scans"
     folder.mkdir()
     draw_seven(60, 0, 255, (100, 100), (20, 20)).save(folder / "seven.png")
     result = predict_cli(".", "--model", str(untrained_model), cwd=folder)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1] == (
         f"error: predictions.csv: lies in {folder}, a folder being read, where the next run "
         "would read it as an image; pass --csv PATH outside it"
     )
     assert sorted(p.name for p in folder.iterdir()) == ["seven.png"]
     elsewhere = predict_cli(".", "--model", str(untrained_model), "--csv", "../out.csv", cwd=folder)
-    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert elsewhere.code == 0, elsewhere.err
     assert pd.read_csv(tmp_path / "out.csv")["file"].tolist() == ["seven.png"]
 
 
-def test_the_csv_never_overwrites_a_file_predict_did_not_write(tmp_path, untrained_model):
+def test_the_csv_never_overwrites_a_file_predict_did_not_write(
+    tmp_path, untrained_model, predict_cli
+):
     folder = tmp_path / "scans"
     folder.mkdir()
     draw_seven(60, 0, 255, (100, 100), (20, 20)).save(folder / "seven.png")
     (tmp_path / "predictions.csv").write_text("name,amount\nrent,900\n")
     result = predict_cli("scans", "--model", str(untrained_model), cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1] == (
         "error: predictions.csv: exists and is not a predictions table; pass another --csv"
     )
     assert (tmp_path / "predictions.csv").read_text() == "name,amount\nrent,900\n"
     (tmp_path / "predictions.csv").unlink()
     for _ in range(2):  # its own table it replaces
         again = predict_cli("scans", "--model", str(untrained_model), cwd=tmp_path)
-        assert again.returncode == 0, again.stderr
+        assert again.code == 0, again.err
     assert pd.read_csv(tmp_path / "predictions.csv")["file"].tolist() == ["scans/seven.png"]
 
 
-def test_a_missing_model_is_one_clear_error(tmp_path):
+def test_a_missing_model_is_one_clear_error(tmp_path, predict_cli):
     draw_seven(60, 0, 255, (100, 100), (20, 20)).save(tmp_path / "seven.png")
     result = predict_cli("seven.png", "--model", "nowhere.keras", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1] == (
         "error: nowhere.keras does not exist; train it first (`make run`) or pass --model PATH"
     )
 
 
 @pytest.fixture(scope="module")
-def real_model(tmp_path_factory) -> Path:
+def real_model(tmp_path_factory, real_mnist) -> Path:
     """A small model trained for 3 epochs on the real MNIST (about 97 % on its test set)."""
-    if not SHARED_MIRROR.is_dir():
-        pytest.skip(f"no MNIST mirror at {SHARED_MIRROR}")
     folder = tmp_path_factory.mktemp("real")
-    shutil.copytree(SHARED_MIRROR, folder / "data" / "raw")
+    shutil.copytree(real_mnist, folder / "data" / "raw")
     write_params(
         folder,
         preprocess={"val_fraction": 0.1},
@@ -248,15 +254,15 @@ def test_real_use_never_deletes_a_folder_it_did_not_make(real_model, monkeypatch
     assert sorted(p.name for p in made.iterdir()) == sorted([".real-use", *(f.name for f in again)])
 
 
-def test_the_cli_reads_a_digit_from_a_png(real_model):
+def test_the_cli_reads_a_digit_from_a_png(real_model, predict_cli):
     images, labels = preprocess.load_images_and_labels(real_model / "data" / "raw", "t10k")
     photo = Image.fromarray(255 - images[0]).resize((280, 280)).convert("RGB")
     photo.save(real_model / "digit.png")
     result = predict_cli("--json", "digit.png", cwd=real_model)
-    assert result.returncode == 0, result.stderr
-    (prediction,) = json.loads(result.stdout)
+    assert result.code == 0, result.err
+    (prediction,) = json.loads(result.out)
     assert prediction["digit"] == labels[0] and prediction["error"] is None
     assert prediction["top3"][0]["digit"] == labels[0]
     assert 0.5 < prediction["probability"] <= 1.0
     text = predict_cli("digit.png", cwd=real_model)
-    assert text.stdout.startswith(f"digit.png: {labels[0]} (")
+    assert text.out.startswith(f"digit.png: {labels[0]} (")

@@ -3,9 +3,9 @@
 
 import base64
 import json
+import os
 import re
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
-from mnist_dense.services import run_queue
-from tests.conftest import DVC, sh
-from tests.servers import post, serve
-
-
-def client_of(project: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+from commands import predict, registry
+from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide, register
+from tests.conftest import client_of, exp_run, sh, tracking_store
+from tests.servers import post
 
 
 def versions(client: MlflowClient) -> dict[str, object]:
@@ -29,11 +25,6 @@ def versions(client: MlflowClient) -> dict[str, object]:
 
 def champion_version(client: MlflowClient) -> str:
     return str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
-
-
-def exp_run(project: Path, env: dict, name: str, *overrides: str) -> str:
-    sets = [arg for override in overrides for arg in ("-S", override)]
-    return sh(DVC, "exp", "run", "--temp", "-n", name, *sets, cwd=project, env=env)
 
 
 def test_the_rule_compares_validation_accuracy_on_the_same_validation_set_only():
@@ -87,45 +78,44 @@ def test_a_model_validated_on_other_data_is_not_compared_automatically(project):
     assert champion_version(client) == champion
 
 
-def test_promoting_by_hand_records_who_and_why(project):
+@pytest.fixture
+def in_project(project, monkeypatch) -> Iterator[tuple[Path, dict]]:
+    """The project copy as the working folder, its environment and its store in this process
+    (MLflow resolves a registered model's source through its global store)."""
     folder, env = project
+    monkeypatch.chdir(folder)
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("MLFLOW_"):
+            monkeypatch.setenv(key, value)
+    with tracking_store(f"sqlite:///{folder / 'mlflow.db'}"):
+        yield folder, env
+
+
+def test_promoting_by_hand_records_who_and_why(in_project, call_main, monkeypatch):
+    folder, _ = in_project
     client = client_of(folder)
-    newest = max(versions(client), key=int)
-    result = subprocess.run(
-        [sys.executable, "-m", "commands.registry", "promote", newest, "--why", "checked by eye"],
-        cwd=folder,
-        env=env | {"USER": "ada"},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    first = versions(client)["1"]
+    newest = str(register(client, first.run_id, first.tags).version)  # the same model again
+    assert newest != champion_version(client)
+    monkeypatch.setenv("USER", "ada")
+    result = call_main(registry.main, "promote", newest, "--why", "checked by eye")
+    assert result.code == 0, result.err
     assert champion_version(client) == newest
     tags = versions(client)[newest].tags
     assert (tags["promoted.by"], tags["promoted.why"]) == ("ada", "checked by eye")
-    listing = sh(sys.executable, "-m", "commands.registry", "list", cwd=folder, env=env)
+    listing = call_main(registry.main, "list").out
     assert re.search(rf"^version {newest} @champion: .*promoted by hand by ada", listing, re.M)
-    missing = subprocess.run(
-        [sys.executable, "-m", "commands.registry", "promote", "999", "--why", "x"],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert missing.returncode == 1
-    assert missing.stderr.strip() == f"error: {MODEL_NAME} has no version 999"
+    missing = call_main(registry.main, "promote", "999", "--why", "x")
+    assert missing.code == 1
+    assert missing.err.strip() == f"error: {MODEL_NAME} has no version 999"
 
 
-def test_two_queue_workers_registering_at_once_keep_both_versions_and_one_champion(project):
-    folder, env = project
-    client = client_of(folder)
-    before = set(versions(client))
-    sh(
-        DVC, "exp", "run", "--queue", "-S", "train.learning_rate=0.003,0.03",
-        "-S", "train.epochs=2", cwd=folder, env=env,
-    )  # fmt: skip
-    run_queue(DVC, 2, cwd=folder, env=env, timeout=600)
-    added = set(versions(client)) - before
-    assert len(added) == 2
+def test_two_queue_workers_registering_at_once_keep_all_versions_and_one_champion(swept):
+    client = client_of(swept.project)
+    added = set(versions(client)) - swept.versions_before
+    assert len(added) == 4
     holders = [
         number
         for number in versions(client)
@@ -135,11 +125,12 @@ def test_two_queue_workers_registering_at_once_keep_both_versions_and_one_champi
     assert all("champion.decision" in versions(client)[v].tags for v in added)
 
 
-@pytest.fixture(scope="module")
-def digit_files(project, tmp_path_factory) -> list[Path]:
+@pytest.fixture
+def digit_files(project, tmp_path) -> list[Path]:
     """A PNG and a JPEG drawn from test digits (dark ink on white, larger), and a broken file."""
     folder, _ = project
-    out = tmp_path_factory.mktemp("digits")
+    out = tmp_path / "digits"
+    out.mkdir()
     x_test = np.load(folder / "data" / "processed" / "x_test.npy", allow_pickle=False)
     for index, name in ((0, "first.png"), (1, "second.jpg")):
         ink = x_test[index].reshape(28, 28)
@@ -149,29 +140,17 @@ def digit_files(project, tmp_path_factory) -> list[Path]:
     return [out / "first.png", out / "second.jpg", out / "broken.png"]
 
 
-def test_the_served_champion_reads_image_files_like_predict(project, digit_files):
-    folder, env = project
+def test_the_served_champion_reads_image_files_like_predict(
+    in_project, digit_files, call_main, model_server
+):
+    folder, env = in_project
     model = f"models:/{MODEL_NAME}@{ALIAS}"
-    local = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "commands.predict",
-            "--json",
-            "--model",
-            model,
-            *map(str, digit_files),
-        ],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert local.returncode == 1  # the broken file
-    expected = json.loads(local.stdout)
+    local = call_main(predict.main, "--json", "--model", model, *map(str, digit_files))
+    assert local.code == 1  # the broken file
+    expected = json.loads(local.out)
     records = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in digit_files]
-    with serve(model, folder, env) as url:
-        answers = post(url, {"dataframe_records": records})["predictions"]
+    url = model_server(model, folder, env)
+    answers = post(url, {"dataframe_records": records})["predictions"]
     for answer, prediction in zip(answers[:2], expected[:2], strict=True):
         assert answer["error"] is None
         assert answer["digit"] == prediction["digit"]
@@ -185,15 +164,9 @@ def test_the_served_champion_reads_image_files_like_predict(project, digit_files
     assert expected[2]["error"] is not None
 
 
-def test_predict_says_which_model_answered(project, digit_files):
-    folder, env = project
-    result = subprocess.run(
-        [sys.executable, "-m", "commands.predict", str(digit_files[0])],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+def test_predict_says_which_model_answered(in_project, digit_files, call_main):
+    folder, _ = in_project
+    result = call_main(predict.main, str(digit_files[0]))
+    assert result.code == 0, result.err
     version = champion_version(client_of(folder))
-    assert f"model: models:/{MODEL_NAME}@{ALIAS} (version {version}, run " in result.stderr
+    assert f"model: models:/{MODEL_NAME}@{ALIAS} (version {version}, run " in result.err

@@ -1,42 +1,65 @@
-"""`make reproduce RUN=<id>`: a run re-made from its MLflow record, end to end on tiny data."""
+"""`make reproduce RUN=<id>`: a run re-made from its MLflow record, end to end on tiny data.
+
+One real reproduction runs per session (the slow part: a worktree, three stages); the other
+cases are checked in process, the differing one against that reproduction's real hashes.
+"""
 
 import json
+import os
 import subprocess
-import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.conftest import sh
+from commands import reproduce
+from tests.conftest import client_of, copy_of, python_module, sh
 
 
-def reproduce(project, env, run_id: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "commands.reproduce", run_id],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+def workspace_run_id(project: Path) -> str:
+    return json.loads((project / "metrics" / "run.json").read_text())["mlflow_run_id"]
+
+
+def run_count(project: Path, run_id: str) -> int:
+    client = client_of(project)
+    return len(client.search_runs([client.get_run(run_id).info.experiment_id]))
+
+
+@dataclass
+class Reproduction:
+    project: Path
+    run_id: str
+    result: subprocess.CompletedProcess
+    reproduced: dict  # what the re-run gave: hashes and test metrics
+    lock_before: bytes
+    status_before: str
+    runs_before: int
+
+
+@pytest.fixture(scope="session")
+def reproduction(built_project, tmp_path_factory) -> Reproduction:
+    """`python -m commands.reproduce RUN` on the run that made a copy's model, once."""
+    source, env = built_project
+    folder = copy_of(source, tmp_path_factory.mktemp("reproduce") / "project")
+    run_id = workspace_run_id(folder)
+    lock, status = (
+        (folder / "dvc.lock").read_bytes(),
+        sh("git", "status", "--porcelain", cwd=folder),
     )
+    runs_before = run_count(folder, run_id)
+    result = python_module("commands.reproduce", run_id, cwd=folder, env=env, timeout=600)
+    values = {}  # the table's "reproduced" column: hashes as printed, metrics as numbers
+    for line in result.stdout.splitlines()[1:]:
+        name, _, reproduced, *_ = [*line.split(), "", "", ""]
+        if name in reproduce.HASHED:
+            values[name] = reproduced
+        elif name in reproduce.METRICS:
+            values[name] = float(reproduced)
+    return Reproduction(folder, run_id, result, values, lock, status, runs_before)
 
 
-@pytest.fixture(scope="module")
-def recorded(project):
-    """The project, its environment, the run that made its model, and a client on its store."""
-    project, env = project
-    run_id = json.loads((project / "metrics" / "run.json").read_text())["mlflow_run_id"]
-    return project, env, run_id, MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-
-
-def test_a_run_reproduces_from_its_record(recorded):
-    project, env, run_id, client = recorded
-    lock, workspace_files = (
-        (project / "dvc.lock").read_bytes(),
-        sh("git", "status", "--porcelain", cwd=project),
-    )
-    runs_before = len(client.search_runs([client.get_run(run_id).info.experiment_id]))
-    result = reproduce(project, env, run_id)
+def test_a_run_reproduces_from_its_record(reproduction):
+    project, run_id, result = reproduction.project, reproduction.run_id, reproduction.result
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {
         line.split()[0]: line.split()[-1]
@@ -46,65 +69,71 @@ def test_a_run_reproduces_from_its_record(recorded):
     assert rows["models/model.keras"] == rows["test_accuracy"] == "identical", result.stdout
     assert set(rows) >= {"data/raw", "data/processed", "models/model.keras", "test_accuracy"}
     assert f"OK: run {run_id} reproduced" in result.stdout
-    tags = client.get_run(run_id).data.tags
+    tags = client_of(project).get_run(run_id).data.tags
     assert tags["reproduced.result"] == "identical" and tags["reproduced.at"]
     # nothing of the user's changed, and no run was added
-    assert (project / "dvc.lock").read_bytes() == lock
-    assert sh("git", "status", "--porcelain", cwd=project) == workspace_files
+    assert (project / "dvc.lock").read_bytes() == reproduction.lock_before
+    assert sh("git", "status", "--porcelain", cwd=project) == reproduction.status_before
     assert "worktree" not in sh("git", "worktree", "list", cwd=project).split("\n", 1)[-1]
-    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == runs_before
+    assert run_count(project, run_id) == reproduction.runs_before
 
 
-def test_a_run_whose_model_hash_was_changed_is_reported_as_differing(recorded):
-    project, env, run_id, client = recorded
+@pytest.fixture
+def recorded(project, monkeypatch):
+    """The project copy as the working folder of this process; the run that made its model."""
+    folder, env = project
+    monkeypatch.chdir(folder)
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PATH", env["PATH"])
+    return folder, workspace_run_id(folder), client_of(folder)
+
+
+def test_a_run_whose_model_hash_was_changed_is_reported_as_differing(
+    recorded, reproduction, monkeypatch, call_main
+):
+    _project, run_id, client = recorded
     key = "dvc.md5.models/model.keras"
     original = client.get_run(run_id).data.tags[key]
     client.set_tag(run_id, key, "0" * 32)
-    try:
-        result = reproduce(project, env, run_id)
-    finally:
-        client.set_tag(run_id, key, original)
-    assert result.returncode == 1
-    model_row = next(
-        line for line in result.stdout.splitlines() if line.startswith("models/model.keras")
-    )
+    # the re-run's real result (the session's reproduction of this same run)
+    monkeypatch.setattr(reproduce, "rerun", lambda *args: dict(reproduction.reproduced))
+    result = call_main(reproduce.main, run_id)
+    assert result.code == 1
+    model_row = next(line for line in result.out.splitlines() if line.startswith("models/"))
     assert model_row.split()[1:] == ["0" * 32, original, "DIFFERENT"]
-    assert "likely reasons:" in result.stdout
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert "likely reasons:" in result.out
+    assert result.err.strip().splitlines()[-1] == (
         f"error: run {run_id} did not reproduce (differs: models/model.keras)"
     )
     assert client.get_run(run_id).data.tags["reproduced.result"] == "differs: models/model.keras"
 
 
-def test_an_unknown_run_is_one_line(recorded):
-    project, env, _, _ = recorded
-    result = reproduce(project, env, "f" * 32)
-    assert result.returncode == 1
+def test_an_unknown_run_is_one_line(recorded, call_main):
+    project, _, _ = recorded
+    result = call_main(reproduce.main, "f" * 32)
+    assert result.code == 1
     store = f"sqlite:///{project / 'mlflow.db'}?timeout=60"
-    assert result.stderr.strip().splitlines() == [
+    assert result.err.strip().splitlines() == [
         f"error: run {'f' * 32}: not in the MLflow store {store}"
     ]
 
 
-def test_a_run_without_a_record_is_one_line(recorded):
-    project, env, run_id, client = recorded
+def test_a_run_without_a_record_is_one_line(recorded, call_main):
+    _, run_id, client = recorded
     bare = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
-    result = reproduce(project, env, bare)
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
+    result = call_main(reproduce.main, bare)
+    assert result.code == 1
+    (line,) = result.err.strip().splitlines()
     assert line.startswith(f"error: run {bare}: no record to reproduce it from (missing git.commit")
 
 
-def test_a_commit_the_repository_lacks_is_one_line(recorded):
-    project, env, run_id, client = recorded
-    original = client.get_run(run_id).data.tags["git.commit"]
+def test_a_commit_the_repository_lacks_is_one_line(recorded, call_main):
+    _, run_id, client = recorded
     client.set_tag(run_id, "git.commit", "1" * 40)
-    try:
-        result = reproduce(project, env, run_id)
-    finally:
-        client.set_tag(run_id, "git.commit", original)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    result = call_main(reproduce.main, run_id)
+    assert result.code == 1
+    assert result.err.strip().splitlines() == [
         f"error: run {run_id} was made at commit {'1' * 40}, which this repository does not "
         "hold (`git fetch` the branch it was made on)"
     ]

@@ -6,10 +6,10 @@ is stopped after the module, also when a test fails.
 """
 
 import glob
-import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +30,18 @@ from mlflow.tracking import MlflowClient
 
 from commands.team import PORTS
 from mnist_dense import services
+from mnist_dense.lineage import file_md5
 from mnist_dense.registry import ALIAS, MODEL_NAME
-from tests.conftest import DVC, ROOT, experiments, sh, tracking_store, write_mnist, write_params
+from tests.conftest import (
+    DVC,
+    ROOT,
+    copy_of,
+    experiments,
+    sh,
+    tracking_store,
+    write_mnist,
+    write_params,
+)
 from tests.servers import gaps, train_with_outage
 
 TOOLS = ROOT / ".team" / "tools"
@@ -65,14 +75,16 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
 
 
 @pytest.fixture(scope="module")
-def stack(project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, str]]:
-    """`make team-up` for the project copy; yields the project, its environment after
+def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, str]]:
+    """`make team-up` for a copy of the built project, shared by this module's tests (one
+    stack, as a team has); yields the project, its environment after
     `eval "$(make -s team-env)"`, the stack's settings and team-up's output."""
     if not (TOOLS / "bin" / "weed").is_file():
         pytest.skip("SeaweedFS is not installed in .team/tools (make team-tools; .ci/run does)")
     if services.postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
-    folder, env = project
+    source, env = built_project
+    folder = copy_of(source, tmp_path_factory.mktemp("team") / "project")
     home = Path(tempfile.mkdtemp(prefix="team-"))  # PostgreSQL's user can enter it
     env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}
     started = team("up", env=env, cwd=folder)
@@ -175,10 +187,6 @@ def test_the_pipeline_logs_to_the_stack_and_its_champion_loads_back(stack):
     assert answers["digit"].tolist() == expected.argmax(axis=1).tolist()
 
 
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def contents(path: Path) -> dict[str, str]:
     """{relative file path: md5 of its bytes} of a file or of every file in a folder."""
     if path.is_file():
@@ -269,22 +277,31 @@ def test_two_tuner_workers_share_a_study_in_the_stacks_postgresql(stack):
     ]
 
 
+PUSHED_MIB = 64  # a few chunks of the object store's: the push is mid-way when it stops
+
+
 def test_the_object_store_stopped_during_a_push_fails_clearly_and_a_retry_completes(stack):
     folder, env, _, _ = stack
     big = folder / "big.bin"
-    big.write_bytes(os.urandom(400 * 2**20))  # large enough to be mid-transfer when it stops
+    big.write_bytes(os.urandom(PUSHED_MIB * 2**20))
     sh(DVC, "add", "big.bin", cwd=folder, env=env)
-    store = Path(env["MNIST_TEAM_HOME"]) / "seaweedfs"
-    before = stored_bytes(store)
-    push = subprocess.Popen([DVC, "push", "big.bin"], cwd=folder, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    home = Path(env["MNIST_TEAM_HOME"])
+    store, before = home / "seaweedfs", stored_bytes(home / "seaweedfs")
+    push = subprocess.Popen(
+        [DVC, "push", "big.bin"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    while stored_bytes(store) < before + 8 * 2**20:  # stop it once the upload is under way
+    while stored_bytes(store) <= before:  # the first chunk landed: the upload is under way
         assert push.poll() is None, "the push ended before the object store received its data"
         assert time.monotonic() < deadline, "the object store received nothing in 2 minutes"
-        time.sleep(0.05)
-    assert team("stop", "s3", env=env, cwd=folder).returncode == 0
-    output = push.communicate(timeout=300)[0]
+        time.sleep(0.01)
+    os.killpg(int((home / "s3.pid").read_text()), signal.SIGKILL)  # at once, mid-transfer
+    output = push.communicate(timeout=240)[0]
     try:
         assert push.returncode != 0, output
         # DVC's own error line: "failed to push", or the store's 500 when its volume went first
@@ -330,8 +347,11 @@ class StackServer:
 def test_the_mlflow_server_restarted_mid_training_loses_nothing(stack, tmp_path):
     folder, env, _, _ = stack
     write_mnist(tmp_path / "data" / "raw", train_count=10000, test_count=200)
+    epochs_planned = 20  # about 0.5-1 s each
     write_params(
-        tmp_path, train={"hidden_units": [512, 512], "epochs": 20}, tracking={"enabled": True}
+        tmp_path,
+        train={"hidden_units": [512, 512], "epochs": epochs_planned},
+        tracking={"enabled": True},
     )
     run_env = env | {"PYTHONPATH": str(ROOT)}
     subprocess.run(
@@ -339,14 +359,14 @@ def test_the_mlflow_server_restarted_mid_training_loses_nothing(stack, tmp_path)
     )
     server = StackServer(folder, env)
     process, stderr, epochs = train_with_outage(
-        tmp_path, server, restart_after=6, wait_s="120", env=run_env
+        tmp_path, server, restart_after=3, wait_s="120", env=run_env
     )
     assert process.returncode == 0, stderr
     between = gaps(epochs)
     assert max(between) < 2.5 * sorted(between)[len(between) // 2] + 0.5, between
     run_id = json.loads((tmp_path / "metrics" / "run.json").read_text())["mlflow_run_id"]
     history = MlflowClient(server.uri).get_metric_history(run_id, "val_accuracy")
-    assert [m.step for m in history] == list(range(1, 21))
+    assert [m.step for m in history] == list(range(1, epochs_planned + 1))
 
 
 def test_data_survives_a_down_up_cycle(stack):

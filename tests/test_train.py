@@ -1,8 +1,4 @@
-import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -30,11 +26,7 @@ from mnist_dense.paths import (
 from stages.evaluate import evaluate, score
 from stages.preprocess import preprocess
 from stages.train import train
-from tests.conftest import ROOT, tiny_params, write_params
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from tests.conftest import sha256, tiny_params, write_params
 
 
 @pytest.fixture
@@ -123,12 +115,11 @@ def test_train_writes_model_history_and_metrics(processed):
     assert load_model(MODEL).output_shape == (None, 10)
 
 
-def test_training_is_bit_for_bit_reproducible_across_processes(processed):
+def test_training_is_bit_for_bit_reproducible_across_processes(processed, run_stage):
     """Two separate trainings (as DVC runs them) give byte-identical outputs."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     hashes = []
     for _ in range(2):
-        subprocess.run([sys.executable, "-m", "stages.train"], env=env, check=True)
+        assert run_stage("train").returncode == 0
         hashes.append({path: sha256(path) for path in (MODEL, HISTORY, TRAIN_METRICS)})
     assert hashes[0] == hashes[1]
     weights = load_model(MODEL).get_weights()
@@ -243,25 +234,27 @@ def test_training_with_distortions_and_batch_norm_is_reproducible(processed):
     assert history["val_accuracy"].iloc[-1] > 0.3  # learns through the distortions
 
 
-def test_mixed_bfloat16_training_is_deterministic_and_keeps_float32_outputs(processed):
-    """Forced where the CPU lacks bfloat16 units (as here), so the bfloat16 path itself is
-    checked: two processes give the same bytes, and another model than float32's."""
+def test_mixed_bfloat16_training_is_deterministic_and_keeps_float32_outputs(processed, run_stage):
+    """Forced where the CPU lacks bfloat16 units, so the bfloat16 path itself is checked on
+    any CPU: two processes give the same bytes, and another model than float32's."""
     write_params(processed, train={"precision": "mixed_bfloat16"})
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_BF16": "force"}
+    env = {"MNIST_BF16": "force"}
     hashes = []
     for _ in range(2):
-        subprocess.run([sys.executable, "-m", "stages.train"], env=env, check=True)
+        assert run_stage("train", env).returncode == 0
         hashes.append(sha256(MODEL))
     assert hashes[0] == hashes[1]
     model = load_model(MODEL)
     assert model.get_layer("hidden_1").compute_dtype == "bfloat16"
     assert model.get_layer("digit").compute_dtype == "float32"  # probabilities and loss
     write_params(processed)
-    subprocess.run([sys.executable, "-m", "stages.train"], env=env, check=True)
+    assert run_stage("train", env).returncode == 0
     assert sha256(MODEL) != hashes[0]
 
 
-def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(processed, monkeypatch):
+def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(
+    processed, monkeypatch, run_stage
+):
     from mnist_dense import model as model_module
     from mnist_dense.lineage import cpu_flags
 
@@ -271,10 +264,8 @@ def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(process
     monkeypatch.setattr(model_module, "cpu_flags", lambda: ["avx512f", "avx512_bf16"])
     assert model_module.precision_policy("mixed_bfloat16") == "mixed_bfloat16"
     write_params(processed, train={"precision": "mixed_bfloat16"})
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.train"], env=env, capture_output=True, text=True, check=True
-    )
+    result = run_stage("train")
+    assert result.returncode == 0, result.stderr
     if model_module.BF16_UNITS & set(cpu_flags()):
         assert "training in float32" not in result.stderr  # a CPU with bfloat16 units
     else:

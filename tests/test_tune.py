@@ -13,10 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from commands import tune as tune_command
 from commands.tune import load_space
 from mnist_dense.cli import PipelineError
 from tests.conftest import ROOT, experiments
-from tests.servers import postgres_server
 
 SPACE = {
     "train.learning_rate": {"low": 0.00001, "high": 0.03, "log": True},
@@ -25,15 +25,17 @@ SPACE = {
 }
 
 
-def tune(folder: Path, env: dict, *args: str, **popen) -> subprocess.Popen:
+def tune(
+    folder: Path, env: dict, *args: str, heartbeat: tuple[str, str] = ("2", "6")
+) -> subprocess.Popen:
+    """A worker of `make tune`; `heartbeat` is Optuna's (interval, grace period) in seconds."""
     return subprocess.Popen(
         [sys.executable, "-m", "commands.tune", "--space", "space.yaml", *args],
         cwd=folder,
-        env=env | {"MNIST_TUNE_HEARTBEAT_S": "2", "MNIST_TUNE_GRACE_S": "6"},
+        env=env | {"MNIST_TUNE_HEARTBEAT_S": heartbeat[0], "MNIST_TUNE_GRACE_S": heartbeat[1]},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        **popen,
     )
 
 
@@ -43,7 +45,7 @@ def finish(process: subprocess.Popen, timeout: float = 900) -> str:
     return output
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def searchable(project):
     folder, env = project
     (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
@@ -91,24 +93,14 @@ def test_a_bad_search_space_is_one_line(tmp_path, entry, message):
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
-def test_a_bad_search_space_stops_the_command_before_any_trial(searchable):
-    folder, env = searchable
-    (folder / "bad.yaml").write_text("train.dropout: {low: 0.5, high: 0.1}\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "commands.tune", "--space", "bad.yaml", "--study", "never"],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 1
+def test_a_bad_search_space_stops_the_command_before_any_trial(workdir, call_main):
+    (workdir / "bad.yaml").write_text("train.dropout: {low: 0.5, high: 0.1}\n")
+    result = call_main(tune_command.main, "--space", "bad.yaml", "--study", "never")
+    assert result.code == 1
     assert (
-        result.stderr.strip()
-        == "error: bad.yaml: train.dropout: low (0.5) must be below high (0.1)"
+        result.err.strip() == "error: bad.yaml: train.dropout: low (0.5) must be below high (0.1)"
     )
-    assert not (folder / "optuna.db").exists() or "never" not in optuna.study.get_all_study_names(
-        f"sqlite:///{folder / 'optuna.db'}"
-    )
+    assert not (workdir / "optuna.db").exists()
 
 
 def test_a_four_trial_study_on_two_jobs(searchable):
@@ -167,18 +159,22 @@ def test_a_trial_clearly_behind_is_pruned_and_leaves_no_experiment(searchable):
 def test_a_worker_killed_mid_trial_leaves_it_failed_and_another_carries_on(searchable):
     folder, env = searchable
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    doomed = tune(folder, env, "--trials", "1", "--study", "killed", "-S", "train.epochs=200")
-    deadline = time.monotonic() + 300
+    beat = ("1", "3")  # Optuna's heartbeat interval and grace period, seconds
+    args = ("--trials", "1", "--study", "killed")
+    doomed = tune(folder, env, *args, "-S", "train.epochs=200", heartbeat=beat)
+    deadline = time.monotonic() + 240
+    # well into its training: the trial has reported an epoch's validation accuracy
     while not any(
-        t.state == optuna.trial.TrialState.RUNNING for t in _trials_or_none(storage, "killed")
+        t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values
+        for t in _trials_or_none(storage, "killed")
     ):
         assert time.monotonic() < deadline and doomed.poll() is None
-        time.sleep(1)
-    time.sleep(8)  # well into its training
+        time.sleep(0.5)
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait()
-    time.sleep(8)  # past the grace period of its heartbeat
-    finish(tune(folder, env, "--trials", "1", "--study", "killed", "-S", "train.epochs=3"))
+    killed_at = time.monotonic()
+    time.sleep(max(0.0, killed_at + int(beat[1]) + 1 - time.monotonic()))  # its heartbeat stale
+    finish(tune(folder, env, *args, "-S", "train.epochs=3", heartbeat=beat))
     states = [t.state for t in study_of(folder, "killed").trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert "killed-0" not in experiments(folder, env) and "killed-1" in experiments(folder, env)
@@ -193,19 +189,18 @@ def _trials_or_none(storage: str, name: str) -> list:
         return []
 
 
-def test_two_workers_share_one_study_in_postgresql(searchable):
+def test_two_workers_share_one_study_in_postgresql(searchable, postgres):
     folder, env = searchable
-    with postgres_server() as storage:
-        workers = [
-            tune(folder, env, "--trials", "3", "--study", "shared", "--storage", storage)
-            for _ in range(2)
-        ]
-        for worker in workers:
-            finish(worker)
-        trials = optuna.load_study(study_name="shared", storage=storage).trials
-    assert sorted(t.number for t in trials) == list(range(6))
+    workers = [
+        tune(folder, env, "--trials", "2", "--study", "shared", "--storage", postgres)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        finish(worker)
+    trials = optuna.load_study(study_name="shared", storage=postgres).trials
+    assert sorted(t.number for t in trials) == list(range(4))
     names = [t.user_attrs["dvc_exp"] for t in trials]
-    assert sorted(names) == sorted(f"shared-{n}" for n in range(6))
+    assert sorted(names) == sorted(f"shared-{n}" for n in range(4))
     done = {t.user_attrs["dvc_exp"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert done <= set(experiments(folder, env))
     runs = [r.info.run_name for r in children(folder, "shared") if "optuna.trial" in r.data.tags]

@@ -8,39 +8,19 @@ import sys
 import urllib.request
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from mnist_dense import browser
+from mnist_dense.services import free_port
 from mnist_dense.tracking import EXPERIMENT_TAGS
-from tests.conftest import DVC, free_port, sh
+from tests.conftest import EXPERIMENTS, client_of
 
-NAMES = ["ui-one-epoch", "ui-two-epochs"]
-
-
-@pytest.fixture(scope="module")
-def named_runs(project):
-    """The project with two DVC experiments, each an MLflow run named after it."""
-    folder, env = project
-    for name, epochs in zip(NAMES, (1, 2), strict=True):
-        sh(
-            DVC,
-            "exp",
-            "run",
-            "--temp",
-            "-n",
-            name,
-            "-S",
-            f"train.epochs={epochs}",
-            cwd=folder,
-            env=env,
-        )
-    return folder, env
+NAMES = list(EXPERIMENTS)  # two DVC experiments, each an MLflow run named after it
 
 
 @pytest.fixture
-def ui(named_runs):
+def ui(project_with_experiments):
     """`make ui`'s command on a free port; yields the address it prints first."""
-    folder, env = named_runs
+    folder, env = project_with_experiments
     process = subprocess.Popen(
         [sys.executable, "-m", "commands.ui", "--port", str(free_port())],
         cwd=folder,
@@ -62,22 +42,19 @@ def ui(named_runs):
         process.wait(timeout=30)
 
 
-def test_make_ui_prints_the_address_of_the_runs_view(ui, named_runs):
-    folder, _ = named_runs
-    experiment = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").get_experiment_by_name("e2e")
+def test_make_ui_prints_the_address_of_the_runs_view(ui, project_with_experiments):
+    folder, _ = project_with_experiments
+    experiment = client_of(folder).get_experiment_by_name("e2e")
     assert ui.startswith("http://127.0.0.1:")
     assert ui.endswith(f"/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
     for key, value in EXPERIMENT_TAGS.items():
         assert experiment.tags[key] == value
 
 
-def test_the_printed_address_lists_the_runs_by_their_dvc_experiment_names(ui):
-    reason = browser.missing()
-    if reason:
-        pytest.skip(reason)
-    with browser.chromium() as driver:
-        driver.get(ui)
-        browser.wait_for(lambda: all(n in browser.page_text(driver) for n in NAMES), "runs", 120)
-        text = browser.page_text(driver)
+def test_the_printed_address_lists_the_runs_by_their_dvc_experiment_names(ui, chromium):
+    driver = chromium()
+    driver.get(ui)
+    browser.wait_for(lambda: all(n in browser.page_text(driver) for n in NAMES), "runs", 120)
+    text = browser.page_text(driver)
     assert "Runs" in text and "Model registry" in text  # the model-training view, not GenAI's
     assert all(name in text for name in NAMES)
