@@ -13,6 +13,8 @@
    bfloat16 units, to show what emulation costs.
 6. Where a training step of the best preset goes: the step itself against each distortion,
    per batch (bench/profile_step.py).
+7. The portable kernel path against the native one: the seed-notebook preset and the default,
+   training time and test accuracy side by side.
 
 Everything runs in a scratch folder (the project's workspace and MLflow store are not
 touched); data/raw must exist (`dvc repro download`). Prints a Markdown report and writes
@@ -37,6 +39,7 @@ import yaml
 
 from commands.presets import apply, load_presets
 from commands.verify_repro import scratch_copy
+from mnist_dense import kernels
 from mnist_dense.lineage import clean_environment, cpu_name
 from mnist_dense.params import read_yaml
 from mnist_dense.shape import CLASSES, PIXELS
@@ -145,21 +148,23 @@ def seed_notebook_against_baseline(scratch: Path, env: dict, overrides: dict, re
         f"Same hyperparameters (preset `seed-notebook`: {shape}, Adam {train['learning_rate']}, "
         f"batch {train['batch_size']}, {train['epochs']} "
         "epochs, the last 20 % of the training images to validate), run alternately. The "
-        "baseline is `bench/baseline.py` (`model.fit` on NumPy arrays, Keras defaults); the "
-        "project runs `python -m stages.train` as `dvc repro` does, MLflow logging included. "
-        "Wall time is the whole process (imports, data, training, saving).",
+        "baseline is `bench/baseline.py` (`model.fit` on NumPy arrays, Keras defaults, the "
+        "CPU's own kernels); the project runs `python -m stages.train` as `dvc repro` does, "
+        "MLflow logging included, on its default (portable) kernel path; section 7 prices that "
+        "path. Wall time is the whole process (imports, data, training, saving).",
         "",
         "| pair | baseline wall | baseline fit | project wall | project training | "
         "ratio (wall) | ratio (training) | baseline test acc. | project test acc. |",
         "|---|---|---|---|---|---|---|---|---|",
     )
     baseline = [sys.executable, str(ROOT / "bench" / "baseline.py"), "data/processed"]
+    user_env = kernels.outside_environment(env)  # a plain script: the CPU's own kernels
     baseline += ["--hidden", *map(str, train["hidden_units"]), "--epochs", str(train["epochs"])]
     baseline += ["--batch-size", str(train["batch_size"])]
     baseline += ["--learning-rate", str(train["learning_rate"])]
     pairs = []
     for pair, seed in enumerate(SEEDS, start=1):
-        base = measure(baseline, folder, env)
+        base = measure(baseline, folder, user_env)
         base_result = json.loads(base.stdout.strip().splitlines()[-1])
         write_params(folder, overrides | {"train.seed": seed})
         project = stage("train", folder, env)
@@ -302,7 +307,9 @@ def precision_side_by_side(scratch: Path, env: dict, overrides: dict, report: Re
     for precision in ("float32", "mixed_bfloat16"):
         folder = workspace(
             scratch / precision,
-            overrides | {"train.precision": precision, "train.epochs": PRECISION_EPOCHS},
+            overrides
+            | {"train.precision": precision, "train.epochs": PRECISION_EPOCHS}
+            | {"train.kernels": "native"},  # bfloat16 units are the CPU's own
         )
         stage("preprocess", folder, env)
         trained = stage("train", folder, env | {"MNIST_BF16": "force"})
@@ -317,7 +324,8 @@ def precision_side_by_side(scratch: Path, env: dict, overrides: dict, report: Re
         "",
         "## 5. float32 against mixed_bfloat16 (the best preset's network)",
         "",
-        f"{PRECISION_EPOCHS} epochs each, the best preset otherwise. This CPU's bfloat16 units: "
+        f"{PRECISION_EPOCHS} epochs each, the best preset otherwise, both on the native kernel "
+        "path (bfloat16 needs it). This CPU's bfloat16 units: "
         f"{', '.join(units) or 'none (bfloat16 emulated; forced here to measure it)'}.",
         "",
         "| precision | time per epoch (median, after the first) | val_accuracy | test_accuracy |",
@@ -344,6 +352,41 @@ def step_profile(env: dict, report: Report) -> None:
         "bench.profile_step`).",
         "",
         table.strip(),
+    )
+
+
+def kernel_paths_side_by_side(scratch: Path, env: dict, presets: dict, report: Report) -> None:
+    """Section 7: what the portable kernel path costs against the CPU's native one."""
+    rows = []
+    for name in ("seed-notebook", "default"):
+        measured = {}
+        for mode in ("portable", "native"):
+            overrides = presets[name]["overrides"] | {"train.kernels": mode}
+            folder = workspace(scratch / f"kernels-{name}-{mode}", overrides)
+            stage("preprocess", folder, env)
+            stage("train", folder, env)
+            stage("evaluate", folder, env)
+            measured[mode] = (
+                read_json(folder, "run.json"),
+                read_json(folder, "evaluate.json")["test_accuracy"],
+            )
+        for mode, (run, accuracy) in measured.items():
+            ratio = run["train_seconds"] / measured["native"][0]["train_seconds"]
+            rows.append(
+                f"| {name} | {mode}: {run['kernel_path']} | {run['train_seconds']:.1f} s | "
+                f"{ratio:.2f}x | {100 * accuracy:.2f} % |"
+            )
+    report(
+        "",
+        "## 7. The price of the same bits everywhere: portable against native kernels",
+        "",
+        "`train.kernels: portable` (the default) pins TensorFlow's oneDNN rewrites off and "
+        "oneDNN, NumPy and OpenBLAS to AVX2, so every x86-64 CPU with AVX2 computes the same "
+        "bits; `native` lets this CPU choose. One training each, one after another.",
+        "",
+        "| preset | kernel path (metrics/run.json) | training | against native | test accuracy |",
+        "|---|---|---|---|---|",
+        *rows,
     )
 
 
@@ -374,6 +417,7 @@ def main() -> None:
         compute_floor(notebook, report)
         precision_side_by_side(scratch, env, presets["best"]["overrides"], report)
         step_profile(env, report)
+        kernel_paths_side_by_side(scratch, env, presets, report)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

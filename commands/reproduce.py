@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from mnist_dense import lineage, tracking
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.params import from_text
-from mnist_dense.paths import MODEL, TEST_METRICS
+from mnist_dense.paths import MODEL, RUN_INFO, TEST_METRICS
 
 STAGES = ("preprocess", "train", "evaluate")
 HASHED = ("data/raw", "data/processed", str(MODEL))
@@ -38,13 +38,13 @@ METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
 REQUIRED_TAGS = ("git.commit", *(f"dvc.md5.{path}" for path in HASHED))
 # environment tags that decide the bits, and what a difference in each one means
 ENVIRONMENT = {
+    "kernels.path": "another kernel path (mnist_dense/kernels.py)",
     "env.cpu_flags": "another CPU instruction set",
     "env.cpu": "another CPU model",
     "env.threads": "another thread count",
     "env.requirements_lock_sha256": "another requirements.lock (other library versions)",
     "env.tensorflow": "another TensorFlow",
     "env.python": "another Python",
-    "env.onednn": "another TF_ENABLE_ONEDNN_OPTS",
 }
 
 
@@ -141,8 +141,11 @@ def rerun(record: Record, root: Path, scratch: Path) -> dict[str, object]:
             env=env,
         )
         hashes = lineage.dvc_lock_outputs(worktree / "dvc.lock")
-        return {path: hashes.get(path, "-") for path in HASHED} | json.loads(
-            (worktree / TEST_METRICS).read_text()
+        kernel_path = json.loads((worktree / RUN_INFO).read_text()).get("kernel_path", "?")
+        return (
+            {path: hashes.get(path, "-") for path in HASHED}
+            | json.loads((worktree / TEST_METRICS).read_text())
+            | {"kernels.path": kernel_path}
         )
     finally:
         sh("git", "worktree", "remove", "--force", str(worktree), cwd=root, check=False)
@@ -209,6 +212,7 @@ def main() -> None:
     identical = not {str(MODEL), "test_accuracy"} & set(differs)
     if differs:
         here = lineage.environment(int(record.params.get("train.threads", 0)))
+        here["kernels.path"] = str(reproduced.get("kernels.path", "?"))  # the re-run's
         print("likely reasons: " + "; ".join(likely_reasons(record, here, differs)))
     result = "identical" if not differs else f"differs: {', '.join(differs)}"
     client.set_tag(

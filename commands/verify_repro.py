@@ -14,7 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_dense.lineage import clean_environment, copy_project, dvc_lock_outputs
+from mnist_dense.lineage import (
+    clean_environment,
+    copy_project,
+    cpu_flags,
+    cpu_name,
+    dvc_lock_outputs,
+)
+from mnist_dense.paths import MODEL, RUN_INFO
 
 STAGES = ("preprocess", "train", "evaluate")
 DIFFERS_BY_NATURE = {"metrics/run.json"}
@@ -72,11 +79,35 @@ def main() -> None:
             env=env,
         )
         rerun = dvc_lock_outputs(scratch / "dvc.lock", STAGES)
+        paths = {name: kernel_path(folder) for name, folder in (("then", root), ("here", scratch))}
     report, mismatches, compared = compare(recorded, rerun)
     print(report)
+    print(machine_row(recorded, rerun, paths["here"]))
     if mismatches:
+        if paths["then"] != paths["here"]:
+            print(path_reason(paths["then"], paths["here"]))
         sys.exit(f"FAILED: {mismatches} of {compared} outputs differ from dvc.lock")
     print(f"OK: all {compared} outputs bit-identical to dvc.lock")
+
+
+def path_reason(then: str, here: str) -> str:
+    return f"likely reason: another kernel path: {then} then, {here} here"
+
+
+def kernel_path(project: Path) -> str:
+    """The kernel path a project's train stage recorded in metrics/run.json."""
+    try:
+        return json.loads((project / RUN_INFO).read_text()).get("kernel_path", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+def machine_row(recorded: dict[str, str], rerun: dict[str, str], path: str) -> str:
+    """This machine's row of docs/reproducibility.md's table of CPUs."""
+    flags = " ".join(cpu_flags()) or "?"
+    model = rerun.get(str(MODEL), "-")
+    same = "identical" if model == recorded.get(str(MODEL)) else "DIFFERENT"
+    return f"machine row: | {cpu_name()} | {flags} | {path} | `{model[:8]}` | {same} |"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Run a stage as a command: problems the user can fix print one line and exit non-zero."""
 
-import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
+
+from mnist_dense import verbose
+from mnist_dense.kernels import KernelPathError
 
 
 class PipelineError(Exception):
@@ -40,23 +42,23 @@ def raise_if_interrupted() -> None:
 def run(main: Callable[[], None]) -> None:
     """Call `main`, turning an expected failure into one line on stderr and an exit code.
 
-    PipelineError and OSError (disk full, permission denied, ...) exit 1; SIGINT and SIGTERM
-    exit 128 + the signal number, after the temporary files are cleaned up. Set
+    PipelineError, KernelPathError and OSError (disk full, permission denied, ...) exit 1;
+    SIGINT and SIGTERM exit 128 + the signal number, after the temporary files are cleaned
+    up. Set
     MNIST_VERBOSE=1 to see the traceback as well.
     """
-    verbose = os.environ.get("MNIST_VERBOSE", "") not in ("", "0")
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         main()
-    except (PipelineError, OSError) as error:
-        if verbose:
+    except (PipelineError, OSError, KernelPathError) as error:
+        if verbose():
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
         signum = getattr(interrupt, "signum", signal.SIGINT)
-        if verbose:
+        if verbose():
             traceback.print_exc()
         print(
             f"error: interrupted ({signal.Signals(signum).name}); no partial output was left, "

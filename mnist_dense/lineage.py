@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from mnist_dense import kernels
 from mnist_dense.params import Params, as_override, flatten
 
 DVC_LOCK = Path("dvc.lock")
@@ -111,11 +112,8 @@ def cpu_name() -> str:
 
 def cpu_flags() -> list[str]:
     """Which of BIT_DECIDING_FLAGS this CPU has (empty where /proc/cpuinfo is missing)."""
-    for line in _cpuinfo():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in BIT_DECIDING_FLAGS if flag in present]
-    return []
+    present = kernels.cpu_flags()
+    return [flag for flag in BIT_DECIDING_FLAGS if flag in present]
 
 
 def _cpuinfo() -> list[str]:
@@ -150,7 +148,6 @@ def environment(threads: int) -> dict[str, str]:
         "env.cpu_count": str(os.cpu_count()),
         "env.usable_cores": str(usable_cores()),
         "env.threads": str(threads or usable_cores()),
-        "env.onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         "env.requirements_lock_sha256": file_sha256(project_root() / REQUIREMENTS_LOCK) or "none",
     }
 

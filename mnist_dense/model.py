@@ -53,7 +53,7 @@ def precision_policy(requested: str) -> str:
     variables and loss) only pays where the CPU has bfloat16 units; elsewhere TensorFlow
     emulates them, slower than float32, so training falls back to float32 with a warning
     (MNIST_BF16=force trains in bfloat16 anyway, as the tests do)."""
-    if requested == "float32" or BF16_UNITS & set(cpu_flags()):
+    if requested == "float32" or BF16_UNITS & set(cpu_flags()):  # bfloat16 needs kernels: native
         return requested
     if os.environ.get("MNIST_BF16") == "force":
         return requested
@@ -201,5 +201,14 @@ def load_model(path: Path) -> keras.Model:
 
 
 def predict(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
-    """Class probabilities for (n, 784) pixels in [0, 1]."""
-    return np.asarray(model.predict(pixels, batch_size=EVAL_BATCH, verbose=0))
+    """Class probabilities for (n, 784) pixels in [0, 1], EVAL_BATCH rows at a time.
+
+    The model is called directly: `model.predict` goes through tf.data, whose graph makes
+    TensorFlow 2.21 print an ERROR line about an attribute it does not know.
+    """
+    pixels = np.asarray(pixels, np.float32).reshape(len(pixels), PIXELS)
+    parts = [
+        np.asarray(model(pixels[start : start + EVAL_BATCH], training=False))
+        for start in range(0, len(pixels), EVAL_BATCH)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, CLASSES), np.float32)

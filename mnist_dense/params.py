@@ -76,11 +76,17 @@ class TrainParams(_Section):
     seed: int = Field(ge=0)
     threads: int = Field(ge=0)
     precision: Literal["float32", "mixed_bfloat16"]
+    kernels: Literal["portable", "native"]  # mnist_dense/kernels.py
 
     @model_validator(mode="after")
     def _adamw_decays(self) -> "TrainParams":
         if self.optimizer == "adamw" and self.weight_decay == 0:
             raise ValueError("train.optimizer=adamw needs train.weight_decay > 0, got 0")
+        if self.precision == "mixed_bfloat16" and self.kernels == "portable":
+            raise ValueError(
+                "train.precision=mixed_bfloat16 needs the CPU's bfloat16 units, which the "
+                "portable kernel path leaves out; set train.kernels=native"
+            )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"train.warmup_epochs={self.warmup_epochs} must be below train.epochs={self.epochs}"

@@ -64,12 +64,12 @@ class RunLog:
         self._files[key] = data
         self._add({"kind": "file", "key": key, "artifact_file": artifact_file})
 
-    def model(self, keras_file: Path, example: list[float]) -> None:
+    def model(self, keras_file: Path, example: list[float], kernel_mode: str) -> None:
         """The served model (mnist_dense/served_model.py) built from this .keras file, with
-        `example` (one digit's 784 pixels) as its input example."""
+        `example` (one digit's 784 pixels) as its input example, on `kernel_mode`'s path."""
         key = f"{len(self._files)}-model.keras"
         self._files[key] = Path(keras_file).read_bytes()
-        self._add({"kind": "model", "key": key, "example": example})
+        self._add({"kind": "model", "key": key, "example": example, "kernels": kernel_mode})
 
     def datasets(self, records: list[dict]) -> None:
         """Dataset inputs (tracking.dataset_records): what data the run saw."""
@@ -188,7 +188,8 @@ def send(client: MlflowClient, run_id: str, record: dict, files: dict[str, bytes
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / "model.keras"
             local.write_bytes(files[record["key"]])
-            log_served_model(client.tracking_uri, run_id, local, record["example"])
+            kernel_mode = record.get("kernels", "portable")
+            log_served_model(client.tracking_uri, run_id, local, record["example"], kernel_mode)
     elif kind == "inputs":
         inputs = [
             DatasetInput(

@@ -50,6 +50,10 @@ class DigitReader(PythonModel):
     """pyfunc: a DataFrame of `image` or `pixels` rows -> digit, probabilities, error."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from mnist_dense import kernels
+
+        # the kernel path the model was trained and evaluated on, before TensorFlow loads
+        kernels.select((context.model_config or {}).get("kernels", kernels.DEFAULT), strict=False)
         from mnist_dense.model import load_model
 
         self.model = load_model(Path(context.artifacts[KERAS_ARTIFACT]))
@@ -117,8 +121,11 @@ def example_image(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def log_served_model(uri: str, run_id: str, keras_file: Path, example: np.ndarray) -> None:
-    """Log the served model into run `run_id` as its model `model`."""
+def log_served_model(
+    uri: str, run_id: str, keras_file: Path, example: np.ndarray, kernel_mode: str
+) -> None:
+    """Log the served model into run `run_id` as its model `model`; it computes on
+    `kernel_mode`'s path (train.kernels) wherever it is served."""
     import keras
     import tensorflow as tf
 
@@ -131,6 +138,7 @@ def log_served_model(uri: str, run_id: str, keras_file: Path, example: np.ndarra
             artifacts={KERAS_ARTIFACT: str(keras_file)},
             code_paths=[str(package)],
             signature=SIGNATURE,
+            model_config={"kernels": kernel_mode},
             input_example=pd.DataFrame({"image": [example_image(example)]}),
             pip_requirements=[
                 f"keras=={keras.__version__}",

@@ -5,12 +5,12 @@ set, then the public mirrors. A file moves into data/raw only once its checksum 
 there is never a fallback to other data.
 """
 
+import hashlib
 import os
-import socket
 import time
+import urllib.request
 from pathlib import Path
 
-from mnist_dense import VERBOSE
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import atomic_path
 from mnist_dense.paths import RAW_DIR
@@ -54,37 +54,42 @@ def sources(mirror: str | None) -> list[str]:
     return bases + list(PUBLIC_MIRRORS)
 
 
+class ChecksumError(OSError):
+    """A file that arrived whole but is not the one pinned."""
+
+
 def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
-    """Fetch one file from one source into `staging`; raise if it fails or does not verify."""
-    import keras
-    from keras.utils import get_file
+    """Fetch one file from one source into `staging`; raise if it fails or does not verify.
 
-    if not VERBOSE:  # get_file's progress bars are raw escape codes in a log file
-        keras.config.disable_interactive_logging()
-
+    Streamed through sha256 into a temporary name, renamed only once it verifies.
+    """
     if base.startswith("file://"):
-        folder = Path(base.removeprefix("file://"))
+        folder = Path(urllib.request.url2pathname(base.removeprefix("file://")))
         if not folder.is_dir():
             raise OSError(f"no such folder {folder}")
         if not (folder / name).is_file():
             raise OSError(f"{name} not found in {folder}")
     attempts = 1 if base.startswith("file://") else ATTEMPTS
+    target, partial = staging / name, staging / f"{name}.partial"
     for attempt in range(1, attempts + 1):
         try:
-            return Path(
-                get_file(
-                    fname=name,
-                    origin=base + name,
-                    file_hash=digest,
-                    hash_algorithm="sha256",
-                    cache_dir=str(staging),
-                    cache_subdir=".",
-                )
-            )
-        except ValueError:  # downloaded, but the checksum does not match
-            (staging / name).unlink(missing_ok=True)
-            raise OSError(f"sha256 mismatch (expected {digest})") from None
+            sha256 = hashlib.sha256()
+            with (
+                urllib.request.urlopen(base + name, timeout=TIMEOUT_S) as response,
+                open(partial, "wb") as out,
+            ):
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    sha256.update(block)
+                    out.write(block)
+            if sha256.hexdigest() != digest:
+                partial.unlink()
+                raise ChecksumError(f"sha256 mismatch (expected {digest})")
+            partial.replace(target)
+            return target
+        except ChecksumError:
+            raise
         except Exception:
+            partial.unlink(missing_ok=True)
             if attempt == attempts:
                 raise
             time.sleep(2**attempt)
@@ -92,36 +97,30 @@ def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
 
 
 def _reason(error: Exception) -> str:
-    """The useful part of a fetch error (get_file wraps it as 'URL fetch failure on ...')."""
-    message = str(error).strip() or type(error).__name__
-    if message.startswith("URL fetch failure on "):
-        message = message.split(" -- ", 1)[-1]
+    """The useful part of a fetch error (urllib wraps it as '<urlopen error ...>')."""
+    reason = getattr(error, "reason", None)
+    message = str(reason if reason is not None else error).strip() or type(error).__name__
     return message
 
 
 def download(dest: Path, checksums: dict[str, str], bases: list[str]) -> None:
     """Fetch every file in `checksums` from the first source that serves it intact."""
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(TIMEOUT_S)
-    try:
-        with atomic_path(Path(dest)) as staging:
-            staging.mkdir()
-            for name, digest in checksums.items():
-                failures = []
-                for base in bases:
-                    try:
-                        _fetch(name, digest, base, staging)
-                        print(f"download: {name} from {base}", flush=True)
-                        break
-                    except Exception as error:  # every failure is reported below
-                        failures.append(f"{base}{name}: {_reason(error)}")
-                else:
-                    raise PipelineError(
-                        f"could not fetch {name} from any source ({'; '.join(failures)}); "
-                        "set MNIST_MIRROR to a folder or https:// URL holding the MNIST files"
-                    )
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
+    with atomic_path(Path(dest)) as staging:
+        staging.mkdir()
+        for name, digest in checksums.items():
+            failures = []
+            for base in bases:
+                try:
+                    _fetch(name, digest, base, staging)
+                    print(f"download: {name} from {base}", flush=True)
+                    break
+                except Exception as error:  # every failure is reported below
+                    failures.append(f"{base}{name}: {_reason(error)}")
+            else:
+                raise PipelineError(
+                    f"could not fetch {name} from any source ({'; '.join(failures)}); "
+                    "set MNIST_MIRROR to a folder or https:// URL holding the MNIST files"
+                )
 
 
 def main() -> None:

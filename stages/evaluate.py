@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
 
-from mnist_dense import figures, tracking
+from mnist_dense import figures, kernels, tracking
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
 from mnist_dense.model import load_model, predict
+from mnist_dense.params import Params, load_params
 from mnist_dense.paths import (
     CONFUSION_PNG,
     MISCLASSIFIED_PNG,
@@ -67,7 +68,8 @@ def _load(path: Path) -> keras.Model:
         raise PipelineError(f"{path}: not a loadable Keras model ({error})") from None
 
 
-def evaluate() -> dict:
+def evaluate(params: Params) -> dict:
+    kernels.require(params.train.kernels)  # the model computes here too
     run_id = _training_run_id()
     with tracking.existing_run(run_id) if run_id else nullcontext() as log:
         model = _load(MODEL)
@@ -102,7 +104,7 @@ def evaluate() -> dict:
 
 
 def main() -> None:
-    evaluate()
+    evaluate(load_params())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from mnist_dense import tracking
+from mnist_dense import kernels, tracking
 from mnist_dense.augment import Distort
 from mnist_dense.cli import PipelineError, raise_if_interrupted, run
 from mnist_dense.figures import png_bytes, training_curves
@@ -92,11 +92,12 @@ def _fit(
 
 
 def train(params: Params) -> keras.Model:
+    kernels.require(params.train.kernels)
     arrays = load_arrays(PROCESSED_DIR, ["x_train", "y_train", "x_val", "y_val"])
     precision = precision_policy(params.train.precision)
     with tracking.training_run(params) as log:
         if log:
-            log.tags({"env.precision": precision})
+            log.tags({"env.precision": precision} | kernels.tags())
         started = time.perf_counter()
         on_epoch = log.metrics if log else lambda scores, epoch: None
         model, history = fit(params, arrays, on_epoch, precision)
@@ -116,9 +117,13 @@ def train(params: Params) -> keras.Model:
             log.metrics({"train_seconds": seconds})
             log.tags({f"dvc.md5.{MODEL}": file_md5(MODEL)})
             log.file(CURVES_PNG.read_bytes(), f"figures/{CURVES_PNG.name}")
-            log.model(MODEL, example=arrays["x_val"][0].tolist())
+            log.model(MODEL, arrays["x_val"][0].tolist(), params.train.kernels)
         run_id = log.run_id if log else None
-        write_json(RUN_INFO, {"mlflow_run_id": run_id, "train_seconds": round(seconds, 2)})
+        write_json(
+            RUN_INFO,
+            {"mlflow_run_id": run_id, "train_seconds": round(seconds, 2)}
+            | {"kernel_path": kernels.path()},
+        )
     print(
         f"train: {len(history)} epochs in {seconds:.1f} s, "
         f"val_accuracy {final['val_accuracy']:.4f}, run {run_id}"

@@ -68,6 +68,7 @@ TINY_PARAMS = {
         "seed": 0,
         "threads": 1,
         "precision": "float32",
+        "kernels": "portable",
     },
     "augment": {
         "rotation": 0.0,

@@ -111,6 +111,9 @@ def test_mlflow_run_records_what_reproduces_it(project):
         assert tags[f"env.{name}"], name
     assert tags["env.keras"] == keras_version()
     assert tags["env.threads"] == "1"  # the tiny params' train.threads
+    assert tags["kernels.mode"] == "portable" and tags["kernels.onednn_rewrites"] == "off"
+    recorded_path = json.loads((project / "metrics" / "run.json").read_text())["kernel_path"]
+    assert tags["kernels.path"] == recorded_path and recorded_path.startswith("portable (")
     assert tags["env.requirements_lock_sha256"] == sha256(project / "requirements.lock")
     lock = dvc_lock_outputs(project / "dvc.lock")
     for path in ("data/raw", "data/processed", "models/model.keras"):
@@ -172,18 +175,27 @@ def test_verify_repro_reports_identical_outputs(project):
     ]
     out = sh(str(BIN / "python"), "-m", "commands.verify_repro", cwd=project, env=env)
     assert f"OK: all {len(compared) - 1} outputs bit-identical to dvc.lock" in out
+    model = dvc_lock_outputs(project / "dvc.lock")["models/model.keras"]
+    (row,) = [line for line in out.splitlines() if line.startswith("machine row: | ")]
+    assert row.endswith(
+        f"| portable (oneDNN rewrites off, oneDNN AVX2, NumPy AVX2, OpenBLAS "
+        f"Haswell) | `{model[:8]}` | identical |"
+    )
     rows = [line for line in out.splitlines() if line.split(" ", 1)[0] in compared]
     assert len(rows) == len(compared)
     assert all(row.endswith(("identical", "differs by nature (run id, wall time)")) for row in rows)
 
 
-def test_verify_repro_flags_a_difference():
-    from commands.verify_repro import compare
+def test_verify_repro_flags_a_difference_and_names_a_kernel_path_difference():
+    from commands.verify_repro import compare, path_reason
 
     recorded = {"models/model.keras": "a" * 32, "metrics/run.json": "b" * 32}
     report, mismatches, compared = compare(recorded, {"models/model.keras": "c" * 32})
     assert (mismatches, compared) == (1, 1)
     assert "DIFFERENT" in report and "differs by nature" in report
+    assert path_reason("portable (x)", "native (y)") == (
+        "likely reason: another kernel path: portable (x) then, native (y) here"
+    )
 
 
 def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(project):

@@ -109,6 +109,22 @@ def test_a_run_whose_model_hash_was_changed_is_reported_as_differing(
     assert client.get_run(run_id).data.tags["reproduced.result"] == "differs: models/model.keras"
 
 
+def test_a_run_made_on_another_kernel_path_names_it_as_the_reason(
+    recorded, reproduction, monkeypatch, call_main
+):
+    project, run_id, client = recorded
+    then = "native (oneDNN rewrites on, oneDNN AVX512_CORE_AMX, NumPy and OpenBLAS: CPU's)"
+    client.set_tag(run_id, "kernels.path", then)
+    client.set_tag(run_id, "dvc.md5.models/model.keras", "0" * 32)  # its bits, not ours
+    here = json.loads((project / "metrics" / "run.json").read_text())["kernel_path"]
+    rerun = dict(reproduction.reproduced) | {"kernels.path": here}
+    monkeypatch.setattr(reproduce, "rerun", lambda *args: rerun)
+    result = call_main(reproduce.main, run_id)
+    assert result.code == 1
+    (reasons,) = [line for line in result.out.splitlines() if line.startswith("likely reasons:")]
+    assert f"another kernel path (mnist_dense/kernels.py): {then} then, {here} here" in reasons
+
+
 def test_an_unknown_run_is_one_line(recorded, call_main):
     project, _, _ = recorded
     result = call_main(reproduce.main, "f" * 32)

@@ -149,7 +149,7 @@ def test_another_seed_gives_other_weights(processed):
 
 def test_evaluate_scores_the_model_on_the_test_set(processed):
     train(load_params())
-    metrics = evaluate()
+    metrics = evaluate(load_params())
     assert json.loads(TEST_METRICS.read_text()) == metrics
     assert set(metrics) == {"test_accuracy", "test_loss", "test_macro_f1"}
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
@@ -165,7 +165,7 @@ def test_categorical_loss_trains_on_integer_labels_and_evaluates(workdir):
     write_params(workdir, train={"loss": "categorical_crossentropy"})
     preprocess(load_params().preprocess)
     train(load_params())
-    assert evaluate()["test_accuracy"] > 0.5
+    assert evaluate(load_params())["test_accuracy"] > 0.5
 
 
 def test_categorical_loss_is_the_sparse_one_on_one_hot_targets():
@@ -237,7 +237,7 @@ def test_training_with_distortions_and_batch_norm_is_reproducible(processed):
 def test_mixed_bfloat16_training_is_deterministic_and_keeps_float32_outputs(processed, run_stage):
     """Forced where the CPU lacks bfloat16 units, so the bfloat16 path itself is checked on
     any CPU: two processes give the same bytes, and another model than float32's."""
-    write_params(processed, train={"precision": "mixed_bfloat16"})
+    write_params(processed, train={"precision": "mixed_bfloat16", "kernels": "native"})
     env = {"MNIST_BF16": "force"}
     hashes = []
     for _ in range(2):
@@ -247,7 +247,7 @@ def test_mixed_bfloat16_training_is_deterministic_and_keeps_float32_outputs(proc
     model = load_model(MODEL)
     assert model.get_layer("hidden_1").compute_dtype == "bfloat16"
     assert model.get_layer("digit").compute_dtype == "float32"  # probabilities and loss
-    write_params(processed)
+    write_params(processed, train={"kernels": "native"})
     assert run_stage("train", env).returncode == 0
     assert sha256(MODEL) != hashes[0]
 
@@ -263,7 +263,7 @@ def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(
     assert model_module.precision_policy("mixed_bfloat16") == "float32"
     monkeypatch.setattr(model_module, "cpu_flags", lambda: ["avx512f", "avx512_bf16"])
     assert model_module.precision_policy("mixed_bfloat16") == "mixed_bfloat16"
-    write_params(processed, train={"precision": "mixed_bfloat16"})
+    write_params(processed, train={"precision": "mixed_bfloat16", "kernels": "native"})
     result = run_stage("train")
     assert result.returncode == 0, result.stderr
     if model_module.BF16_UNITS & set(cpu_flags()):

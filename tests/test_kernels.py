@@ -1,0 +1,235 @@
+"""The kernel path (train.kernels): chosen by the project before the numerical libraries load,
+the same bits whatever the CPU would have chosen, and recorded; and a quiet start-up."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mnist_dense import kernels, quiet
+from mnist_dense.cli import PipelineError
+from mnist_dense.params import load_params, parse_params
+from stages import preprocess, train
+from tests.conftest import ROOT, tiny_params, write_params
+
+
+def test_this_process_computes_on_the_portable_path():
+    """The test process itself: params.yaml's default, set before NumPy and TensorFlow loaded."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    assert kernels.active() == "portable"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert not kernels.rewrites_on()  # TensorFlow's own decision, read back
+    assert not __cpu_features__["X86_V4"]  # NumPy's AVX-512 loops off, whatever the CPU
+    assert kernels.path().startswith("portable (oneDNN rewrites off, oneDNN AVX2")
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """kernels' state as in a new process that has not loaded TensorFlow, the user's
+    environment holding its own oneDNN cap."""
+    monkeypatch.setattr(kernels, "_outside", {})
+    monkeypatch.setattr(kernels, "_selected", [])
+    monkeypatch.setattr(kernels, "loaded", lambda: False)
+    for variable in (*kernels.PORTABLE_ENV, kernels.OUTSIDE_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+
+
+def test_portable_sets_every_variable_and_native_gives_the_user_their_own_back(fresh):
+    kernels.select("portable")
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert set(os.environ["NPY_DISABLE_CPU_FEATURES"].split()) >= {"X86_V4"}
+    kernels.select("native")
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"  # the user's, not ours
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ and kernels.active() == "native"
+
+
+def test_a_child_process_gets_the_users_settings_not_the_portable_ones(fresh, monkeypatch):
+    """A command on the portable path starts `dvc exp run` of a native preset: its stages must
+    see the user's environment, not the portable values its parent set."""
+    kernels.select("portable")
+    handed_down = os.environ[kernels.OUTSIDE_ENV]
+    monkeypatch.setattr(kernels, "_outside", {})  # the child: a new process, same environment
+    monkeypatch.setattr(kernels, "_selected", [])
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    kernels.select("native")
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
+    assert os.environ[kernels.OUTSIDE_ENV] == handed_down
+
+
+def test_a_program_not_ours_gets_the_users_own_environment(fresh):
+    """The plain Keras baseline of `make bench` runs as it would in the user's shell."""
+    kernels.select("portable")
+    env = kernels.outside_environment(dict(os.environ))
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
+    assert not {"TF_ENABLE_ONEDNN_OPTS", "NPY_DISABLE_CPU_FEATURES", kernels.OUTSIDE_ENV} & set(env)
+
+
+def test_another_path_once_tensorflow_loaded_is_refused_or_warned(capsys):
+    with pytest.raises(kernels.KernelPathError, match="run it as a process of its own"):
+        kernels.select("native")
+    kernels.select("native", strict=False)  # a served model trained natively: a warning
+    assert "warning: train.kernels=native: TensorFlow already loaded" in capsys.readouterr().err
+    assert kernels.active() == "portable"
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("train: {kernels: native}\n", "native"),
+        ("train: {kernels: portable}\n", "portable"),
+        ("train: {epochs: 3}\n", "portable"),  # the default
+        ("train: {kernels: fast}\n", "portable"),  # validation names it later
+        ("[not, a, mapping]\n", "portable"),
+        (": broken yaml {\n", "portable"),
+    ],
+)
+def test_the_mode_is_read_from_params_yaml_before_anything_heavy(tmp_path, text, mode):
+    (tmp_path / "params.yaml").write_text(text)
+    assert kernels.mode_in(tmp_path / "params.yaml") == mode
+    assert kernels.mode_in(tmp_path / "missing.yaml") == "portable"
+
+
+def test_bfloat16_needs_the_native_path():
+    with pytest.raises(PipelineError, match=r"set train\.kernels=native"):
+        parse_params(tiny_params(train={"precision": "mixed_bfloat16"}))
+    parse_params(tiny_params(train={"precision": "mixed_bfloat16", "kernels": "native"}))
+
+
+def test_a_stage_refuses_params_of_another_path_than_its_process(workdir, call_main):
+    preprocess.preprocess(load_params().preprocess)
+    write_params(workdir, train={"kernels": "native"})
+    result = call_main(train.main)
+    assert result.code == 1
+    (line,) = result.errors()
+    assert line.startswith("error: train.kernels=native: TensorFlow already loaded")
+
+
+def test_the_isa_named_is_the_cpus_best_under_the_cap(monkeypatch):
+    amx = {"avx2", "fma", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16"}
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert kernels.onednn_isa(amx) == "AVX512_CORE_AMX"
+    assert kernels.onednn_isa({"avx2", "fma"}) == "AVX2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert kernels.onednn_isa(amx) == "AVX512_CORE"
+    assert kernels.onednn_isa({"avx2", "fma"}) == "AVX2"  # a cap above the CPU's best
+    assert kernels.portable_available({"avx2", "fma"})
+    assert not kernels.portable_available({"sse4_2", "avx"})
+
+
+# Other CPUs, simulated ---------------------------------------------------------------------
+
+
+SIMULATED = ("AVX2", "AVX512_CORE", "AVX512_CORE_AMX")  # Haswell/Zen, Skylake-SP, Sapphire Rapids
+
+
+def caps_this_cpu_allows() -> list[str | None]:
+    """The SIMULATED oneDNN instruction-set caps this CPU runs, and None (the CPU's own)."""
+    flags = kernels.cpu_flags()
+    allowed = {name for name, flag in kernels.ISA_BY_FLAG if flag in flags}
+    return [cap for cap in SIMULATED if cap in allowed] + [None]
+
+
+def simulated_cpu(mode: str, cap: str | None, rewrites: str) -> dict[str, str]:
+    """The environment of a shell on a CPU whose instruction set oneDNN would cap at `cap`
+    and on which TensorFlow would turn its rewrites on or off (`rewrites`)."""
+    env = {k: v for k, v in os.environ.items() if k not in kernels.PORTABLE_ENV}
+    env.pop(kernels.OUTSIDE_ENV, None)  # none of this process's own choices
+    return env | {"TF_ENABLE_ONEDNN_OPTS": rewrites} | ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
+
+
+def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_not(
+    workdir, tmp_path, run_command
+):
+    """Each CPU would pick its own instruction set and TensorFlow's rewrites; here each choice
+    is forced by the environment such a CPU would give, one process each. The portable path
+    ignores them all; the native one follows them (so this test can fail on any CPU)."""
+    preprocess.preprocess(load_params().preprocess)
+    runs = [("portable", cap, rewrites) for cap in caps_this_cpu_allows() for rewrites in "01"]
+    runs += [("native", None, "1"), ("native", "AVX2", "0")]  # rewrites on against off
+
+    def model_md5(number: int) -> str:
+        mode, cap, rewrites = runs[number]
+        folder = tmp_path / f"cpu{number}"
+        shutil.copytree(workdir, folder)
+        write_params(folder, train={"kernels": mode})
+        result = run_command("stages.train", cwd=folder, env=simulated_cpu(mode, cap, rewrites))
+        assert result.returncode == 0, result.stderr
+        return hashlib.md5((folder / "models" / "model.keras").read_bytes()).hexdigest()
+
+    with ThreadPoolExecutor(2) as pool:  # two at a time (train.threads is 1)
+        md5s = dict(zip(runs, pool.map(model_md5, range(len(runs))), strict=True))
+    print("\n".join(f"{run}: {md5}" for run, md5 in md5s.items()))
+    portable = {run: md5 for run, md5 in md5s.items() if run[0] == "portable"}
+    native = {run: md5 for run, md5 in md5s.items() if run[0] == "native"}
+    assert len(portable) >= 4 and len(set(portable.values())) == 1, portable
+    assert len(set(native.values())) > 1, native
+
+
+# Only our lines on the terminal -------------------------------------------------------------
+
+NOTES = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796118550.109340    4593 port.cc:153] oneDNN custom operations are on. You may "
+    "see slightly different numerical results due to floating-point round-off errors.",
+    "I0000 00:00:1796118550.139061    4593 cpu_feature_guard.cc:227] This TensorFlow binary is "
+    "optimized to use available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild "
+    "TensorFlow with the appropriate compiler flags.",
+]
+
+
+def test_the_filter_drops_tensorflows_start_up_notes_and_nothing_else(capfd):
+    real = "E0000 00:00:1796118550.2 4593 some_op.cc:12] a real error"
+    with quiet.filtered_stderr():
+        os.write(2, "\n".join([*NOTES, real, "warning: ours"]).encode() + b"\n")
+    assert capfd.readouterr().err.splitlines() == [real, "warning: ours"]
+
+
+def test_a_stage_prints_only_its_own_lines(workdir, run_stage):
+    preprocess.preprocess(load_params().preprocess)
+    for env in ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"}):  # explicit: one more note, also dropped
+        result = run_stage("train", env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert result.stdout.startswith("epoch 1/3 - ")
+
+
+def test_tensorflows_real_errors_still_show(workdir, run_stage):
+    preprocess.preprocess(load_params().preprocess)
+    write_params(workdir, train={"hidden_units": [2**31 - 1, 2**31 - 1]})
+    result = run_stage("train")
+    assert result.returncode == 1
+    assert "RESOURCE_EXHAUSTED: OOM when allocating tensor" in result.stderr  # TensorFlow's own
+    assert not any(note.split()[0] in result.stderr for note in NOTES[1:3])
+    assert "absl::InitializeLog" not in result.stderr
+
+
+def test_every_entry_point_imports_the_library_first():
+    """stages/, commands/, bench/ and tests/ load mnist_dense before any third-party module."""
+    for package in ("stages", "commands", "bench", "tests"):
+        lines = (ROOT / package / "__init__.py").read_text().splitlines()
+        imports = [line for line in lines if line.startswith(("import ", "from "))]
+        assert imports[:1] == [
+            "import mnist_dense  # noqa: F401  (first: the kernel path and "
+            "quiet start-up, mnist_dense/__init__.py)"
+        ], package
+
+
+def test_importing_the_library_loads_neither_numpy_nor_tensorflow(tmp_path):
+    probe = "import sys, mnist_dense; print(sorted({'numpy', 'tensorflow'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.strip() == "[]", result.stderr
