@@ -40,9 +40,10 @@ import yaml
 from commands.presets import apply, load_presets
 from commands.verify_repro import scratch_copy
 from mnist_dense import kernels
-from mnist_dense.lineage import clean_environment, cpu_name
 from mnist_dense.params import read_yaml
+from mnist_dense.provenance import cpu_name
 from mnist_dense.shape import CLASSES, PIXELS
+from tooling.processes import clean_environment
 
 ROOT = Path.cwd()
 RESULTS = ROOT / "results" / "bench.md"
@@ -300,7 +301,7 @@ PRECISION_EPOCHS = 4
 
 def precision_side_by_side(scratch: Path, env: dict, overrides: dict, report: Report) -> None:
     """Section 5."""
-    from mnist_dense.lineage import cpu_flags
+    from mnist_dense.kernels import cpu_flags
     from mnist_dense.model import BF16_UNITS
 
     rows = []
@@ -408,7 +409,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         scratch = Path(folder)
         # each workspace logs to its own MLflow store (its mlflow.db), none to the project's
-        env = clean_environment(PYTHONPATH=str(ROOT))
+        env = clean_environment()
         notebook = seed_notebook_against_baseline(
             scratch, env, presets["seed-notebook"]["overrides"], report
         )

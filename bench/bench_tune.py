@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,8 +24,9 @@ import optuna
 import yaml
 
 from commands.verify_repro import scratch_copy
-from mnist_dense.lineage import clean_environment, cpu_name, tool
-from mnist_dense.services import run_queue
+from mnist_dense.provenance import cpu_name
+from tooling.dvc_queue import run_queue
+from tooling.processes import clean_environment, sh, tool
 
 ROOT = Path.cwd()
 RESULTS = ROOT / "results" / "bench-tune.md"
@@ -45,17 +45,8 @@ SPACE = {  # the grid's ranges, searched continuously (batch size as choices)
 FIXED = {"train.epochs": EPOCHS, "train.threads": 1}  # one core per trial, two at a time
 
 
-def sh(*args: str, cwd: Path, env: dict) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(
-            f"error: `{' '.join(args)}` failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
-        )
-    return result.stdout
-
-
 def val_accuracies(copy: Path, env: dict, prefix: str = "") -> dict[str, float]:
-    shown = json.loads(sh(tool("dvc"), "exp", "show", "--json", cwd=copy, env=env))
+    shown = json.loads(sh(tool("dvc"), "exp", "show", "--json", cwd=copy, env=env).stdout)
     return {
         exp["name"]: exp["revs"][0]["data"]["metrics"]["metrics/train.json"]["data"]["val_accuracy"]
         for baseline in shown

@@ -1,5 +1,6 @@
 """The locked environment: requirements.in (the direct dependencies, edited by hand) and
-requirements.lock (every package the venv holds, pinned with hashes; `make lock` writes it).
+requirements.txt (every package the venv holds, pinned with hashes; `make lock` compiles it,
+as pip-tools and `uv pip compile` do).
 
     python -m commands.lock check      (make venv runs it)
 
@@ -14,13 +15,22 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from mnist_dense.lineage import lock_python_version
-
 REQUIREMENTS_IN = Path("requirements.in")
-REQUIREMENTS_LOCK = Path("requirements.lock")
+REQUIREMENTS_LOCK = Path("requirements.txt")
+PROJECT = "mnist-dense"  # this project itself, installed editable beside the lock (pyproject.toml)
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
-# installed by `python -m venv` itself, not by the lock
-VENV_SEED = {"pip"}
+# installed by `python -m venv` itself, and this project (editable), not by the lock
+VENV_SEED = {"pip", PROJECT}
+
+
+def lock_python_version(lock_file: Path) -> str | None:
+    """The Python version a lock was compiled for (uv's `--python-version`)."""
+    try:
+        header = Path(lock_file).read_text()[:2000]
+    except OSError:
+        return None
+    found = re.search(r"--python-version[ =](\S+)", header)
+    return found.group(1) if found else None
 
 
 def normalize(name: str) -> str:
@@ -64,7 +74,7 @@ def locked_as_direct(path: Path = REQUIREMENTS_LOCK) -> set[str]:
 def disagreements(
     requirements: dict[str, Requirement], pins: dict[str, str], direct: set[str]
 ) -> list[str]:
-    """How requirements.in and requirements.lock disagree (empty when they agree)."""
+    """How requirements.in and requirements.txt disagree (empty when they agree)."""
     problems = []
     for name, requirement in requirements.items():
         if name not in pins:

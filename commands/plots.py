@@ -1,6 +1,6 @@
 """`dvc plots diff` of two experiments, rendered offline and photographed.
 
-    make plots [REVS="exp-a exp-b"]      (python -m commands.plots [REV ...])
+    make plots [ARGS="exp-a exp-b"]      (python -m commands.plots [REV ...])
 
 Runs `dvc plots diff` (by default HEAD against the newest experiment) into
 dvc_plots/, with the project's template, which carries vega, vega-lite and vega-embed itself
@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_dense import browser
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.lineage import tool
+from tooling import browser
+from tooling.processes import tool
 
 OUT = Path("dvc_plots")
 SCREENSHOT = Path("results/plots-diff.png")

@@ -89,10 +89,10 @@ def load_model_from(source: str | Path):
                 f"{source} does not exist; train it first (`make run`) or pass --model PATH"
             )
         return load_model(Path(source))
-    from mnist_dense import tracking
+    from mnist_dense import store
     from mnist_dense.served_model import keras_file
 
-    uri = tracking.connect()
+    uri = store.connect()
     try:
         return load_model(keras_file(str(source)))
     except Exception as error:  # MLflow raises several kinds for an unknown model or alias
@@ -103,17 +103,17 @@ def load_model_from(source: str | Path):
 def default_model() -> tuple[str, str]:
     """The registered champion when the tracking store has one, else the pipeline's model
     file; and how to name it to the user."""
-    from mnist_dense.lineage import project_root
+    from mnist_dense.provenance import project_root
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri or (project_root() / "mlflow.db").is_file():
         from mlflow.tracking import MlflowClient
 
-        from mnist_dense import tracking
+        from mnist_dense import store
         from mnist_dense.registry import ALIAS, MODEL_NAME, champion
 
         try:
-            found = champion(MlflowClient(tracking.connect()))
+            found = champion(MlflowClient(store.connect()))
         except PipelineError:  # no usable store: the model file answers
             found = None
         if found is not None:

@@ -2,7 +2,7 @@
 seeds and print the README's table.
 
     python -m commands.presets list
-    python -m commands.presets run NAME [--seed N]            (make exp PRESET=NAME)
+    python -m commands.presets run NAME [--seed N]            (make exp ARGS=NAME)
     python -m commands.presets table [--seeds 1 2 3] [NAME ...] (make presets-table)
 
 `table` queues one experiment per preset and seed (named `<preset>-seed<N>`), runs them one at a
@@ -25,9 +25,9 @@ import yaml
 
 from mnist_dense.cli import PipelineError
 from mnist_dense.figures import training_curves
-from mnist_dense.lineage import tool
 from mnist_dense.params import PARAMS_FILE, as_override, parse_params, read_yaml
-from mnist_dense.services import run_queue
+from tooling.dvc_queue import run_queue
+from tooling.processes import tool
 
 PRESETS_FILE = Path("presets.yaml")
 RESULTS = Path("results")

@@ -13,7 +13,7 @@ import argparse
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import tracking
+from mnist_dense import store
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.registry import ALIAS, MODEL_NAME, champion, promote_by_hand
 
@@ -49,7 +49,7 @@ def main() -> None:
     promote.add_argument("version")
     promote.add_argument("--why", required=True, help="why this version, recorded on it")
     args = parser.parse_args()
-    client = MlflowClient(tracking.connect())
+    client = MlflowClient(store.connect())
     if args.command == "list":
         print("\n".join(listing(client)))
         return

@@ -1,6 +1,6 @@
 """Reproduce an MLflow run from its record, and say whether it is the same.
 
-    make reproduce RUN=<mlflow run id>      (or: python -m commands.reproduce RUN_ID)
+    make reproduce ARGS=<mlflow run id>     (or: python -m commands.reproduce RUN_ID)
 
 Reads the run's record (git commit, every param, the DVC hashes of its data and model, the
 environment it ran in), checks the commit out in a scratch git worktree, and runs preprocess,
@@ -17,7 +17,6 @@ run: `reproduced.at` and `reproduced.result`. The re-run logs to a scratch store
 import argparse
 import datetime
 import json
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,13 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import lineage, tracking
+from mnist_dense import provenance, store
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.params import from_text
 from mnist_dense.paths import MODEL, RUN_INFO, TEST_METRICS
+from tooling.processes import clean_environment, sh
+from tooling.project_copy import STAGES, rerun_from_scratch
 
-STAGES = ("preprocess", "train", "evaluate")
 HASHED = ("data/raw", "data/processed", str(MODEL))
 METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
 REQUIRED_TAGS = ("git.commit", *(f"dvc.md5.{path}" for path in HASHED))
@@ -42,7 +42,7 @@ ENVIRONMENT = {
     "env.cpu_flags": "another CPU instruction set",
     "env.cpu": "another CPU model",
     "env.threads": "another thread count",
-    "env.requirements_lock_sha256": "another requirements.lock (other library versions)",
+    "env.requirements_sha256": "another requirements.txt (other library versions)",
     "env.tensorflow": "another TensorFlow",
     "env.python": "another Python",
 }
@@ -92,22 +92,9 @@ def params_yaml(params: dict[str, object]) -> str:
     return yaml.safe_dump(nested, sort_keys=False)
 
 
-def sh(
-    *args: str, cwd: Path, env: dict | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        output = (result.stdout + result.stderr).strip().splitlines()
-        raise PipelineError(f"`{' '.join(args)}` failed in {cwd}: {' / '.join(output[-3:])}")
-    return result
-
-
 def raw_data(worktree: Path, env: dict) -> str:
     """Put the raw MNIST files in the worktree; say where they came from."""
-    if (
-        sh("dvc", "checkout", "--quiet", "download", cwd=worktree, env=env, check=False).returncode
-        == 0
-    ):
+    if sh("dvc", "checkout", "-q", "download", cwd=worktree, env=env, check=False).returncode == 0:
         return "the DVC cache"
     if sh("dvc", "pull", "--quiet", "download", cwd=worktree, env=env, check=False).returncode == 0:
         return "the DVC remote"
@@ -121,7 +108,7 @@ def rerun(record: Record, root: Path, scratch: Path) -> dict[str, object]:
     sh("git", "worktree", "add", "--detach", "--quiet", str(worktree), record.commit, cwd=root)
     try:
         (worktree / "params.yaml").write_text(params_yaml(record.params))
-        env = lineage.clean_environment(
+        env = clean_environment(
             MLFLOW_TRACKING_URI=f"sqlite:///{scratch / 'mlflow.db'}", DVC_NO_ANALYTICS="1"
         )
         sh("dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache"), cwd=worktree, env=env)
@@ -130,17 +117,7 @@ def rerun(record: Record, root: Path, scratch: Path) -> dict[str, object]:
             f"re-running {', '.join(STAGES)} at {record.commit[:12]} ({source} for data/raw) ...",
             flush=True,
         )
-        sh(
-            "dvc",
-            "repro",
-            "--force",
-            "--no-run-cache",
-            "--single-item",
-            *STAGES,
-            cwd=worktree,
-            env=env,
-        )
-        hashes = lineage.dvc_lock_outputs(worktree / "dvc.lock")
+        hashes = rerun_from_scratch(worktree, env)
         kernel_path = json.loads((worktree / RUN_INFO).read_text()).get("kernel_path", "?")
         return (
             {path: hashes.get(path, "-") for path in HASHED}
@@ -186,21 +163,21 @@ def likely_reasons(record: Record, here: dict[str, str], differs: list[str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="make reproduce RUN=", description=__doc__.split("\n\n")[0]
+        prog="make reproduce ARGS=", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("run_id", metavar="RUN_ID", nargs="?")
     args = parser.parse_args()
     if not args.run_id:
-        raise PipelineError("which run? make reproduce RUN=<mlflow run id> (the id is in the UI)")
-    uri = tracking.connect()
+        raise PipelineError("which run? make reproduce ARGS=<mlflow run id> (the id is in the UI)")
+    uri = store.connect()
     client = MlflowClient(uri)
     try:
         found = client.get_run(args.run_id)
     except MlflowException:
         raise PipelineError(f"run {args.run_id}: not in the MLflow store {uri}") from None
     record = Record.of(found)
-    root = Path(lineage.git("rev-parse", "--show-toplevel") or ".").resolve()
-    if lineage.git("cat-file", "-e", f"{record.commit}^{{commit}}", cwd=root) is None:
+    root = Path(provenance.git("rev-parse", "--show-toplevel") or ".").resolve()
+    if provenance.git("cat-file", "-e", f"{record.commit}^{{commit}}", cwd=root) is None:
         raise PipelineError(
             f"run {record.run_id} was made at commit {record.commit}, which this repository "
             "does not hold (`git fetch` the branch it was made on)"
@@ -211,7 +188,7 @@ def main() -> None:
     print("\n".join(lines))
     identical = not {str(MODEL), "test_accuracy"} & set(differs)
     if differs:
-        here = lineage.environment(int(record.params.get("train.threads", 0)))
+        here = provenance.environment(int(record.params.get("train.threads", 0)))
         here["kernels.path"] = str(reproduced.get("kernels.path", "?"))  # the re-run's
         print("likely reasons: " + "; ".join(likely_reasons(record, here, differs)))
     result = "identical" if not differs else f"differs: {', '.join(differs)}"

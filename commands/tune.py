@@ -1,8 +1,8 @@
 """Hyperparameter search with Optuna, each trial a DVC experiment and a child MLflow run.
 
-    make tune TRIALS=40 JOBS=2                                   (python -m commands.tune ...)
-    make tune TRIALS=40 ARGS='--storage postgresql://... --study wide-search'   (each machine)
-    make tune TRIALS=4 JOBS=2 ARGS='-S train.epochs=2'           (a quick search)
+    make tune ARGS='--trials 40 --jobs 2'                     (python -m commands.tune ...)
+    MNIST_TUNE_STORAGE=postgresql://... make tune ARGS='--trials 40 --study wide'  (each machine)
+    make tune ARGS='--trials 4 --jobs 2 -S train.epochs=2'    (a quick search)
 
 The search space is tune.yaml (--space FILE): one entry per params.yaml key, an int or float
 range (`log: true` for a log scale) or a list of choices, checked against the params schema
@@ -43,11 +43,12 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from commands.presets import apply
-from mnist_dense import lineage, tracking
+from mnist_dense import store
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.lineage import tool
 from mnist_dense.params import PARAMS_FILE, as_override, from_text, parse_params, read_yaml
+from mnist_dense.provenance import project_root
 from mnist_dense.tracking import PARENT_ENV, TRIAL_ENV
+from tooling.processes import tool
 
 SPACE_FILE = Path("tune.yaml")
 EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ .* val_accuracy ([\d.]+)")
@@ -145,8 +146,8 @@ class Tuner:
 
     def __init__(self, study: optuna.Study, space: list[Dimension], fixed: dict, args) -> None:
         self.study, self.space, self.fixed, self.args = study, space, fixed, args
-        self.client = MlflowClient(tracking.connect())
-        self.experiment = tracking.experiment_id(self.client, tracking.experiment_name())
+        self.client = MlflowClient(store.connect())
+        self.experiment = store.experiment_id(self.client, store.experiment_name())
         self.parent = self._parent_run()
         self.lock = threading.Lock()
         self.epochs = read_yaml(PARAMS_FILE.read_text())["train"]["epochs"]  # unless searched
@@ -276,7 +277,7 @@ def make_study(args) -> optuna.Study:
     storage_url = (
         args.storage
         or os.environ.get("MNIST_TUNE_STORAGE")  # the team stack's (make -s team-env)
-        or f"sqlite:///{lineage.project_root() / 'optuna.db'}"
+        or f"sqlite:///{project_root() / 'optuna.db'}"
     )
     for attempt in range(5):  # workers starting together race to create Optuna's tables
         try:

@@ -1,25 +1,27 @@
 """Start the MLflow UI or tracking server, opening on this project's training runs.
 
-    python -m commands.ui --port 5000                         (make ui)
-    python -m commands.ui --serve --port 5002 --backend-store-uri URI --artifacts-destination DEST
-                                                              (make mlflow-server)
+    python -m commands.ui --port 5000              (make ui)
+    python -m commands.ui --serve --port 5002      (make mlflow-server)
 
-The first line printed is the address of experiment `mnist-dense` (MLFLOW_EXPERIMENT_NAME) in
-the runs view; MLflow 3's UI opens on its GenAI view otherwise. Where a desktop browser exists
-the address is opened in it. Then `mlflow ui` or `mlflow server` takes over the process, on
-127.0.0.1 unless --host says otherwise.
+The store is MLFLOW_BACKEND_STORE_URI, else the project's own (mnist_dense/store.py); a
+server's artifacts go to MLFLOW_ARTIFACTS_DESTINATION, else ./mlartifacts. Both are read from
+the environment, so no password appears on a command line. The first line printed is the
+address of experiment `mnist-dense` (MLFLOW_EXPERIMENT_NAME) in the runs view; MLflow 3's UI
+opens on its GenAI view otherwise. Where a desktop browser exists the address is opened in it.
+Then `mlflow ui` or `mlflow server` takes over the process, on 127.0.0.1 unless --host says
+otherwise.
 """
 
 import argparse
 import os
-import shutil
 import sys
 import webbrowser
 
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import tracking
+from mnist_dense import store
 from mnist_dense.cli import PipelineError, run
+from tooling.processes import tool
 
 
 def has_desktop() -> bool:
@@ -33,27 +35,24 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help="a tracking server, not the UI only")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--backend-store-uri", default=None, help="default: the project's store")
-    parser.add_argument("--artifacts-destination", default=None)
     args = parser.parse_args()
-    store = args.backend_store_uri or tracking.tracking_uri()
-    if store.startswith(("http://", "https://")):
-        raise PipelineError(f"{store}: is a tracking server already; open it in a browser")
+    # From the environment, never the command line, where any user could read a password.
+    backend = os.environ.get("MLFLOW_BACKEND_STORE_URI") or store.tracking_uri()
+    if backend.startswith(("http://", "https://")):
+        raise PipelineError(
+            f"{store.masked(backend)}: is a tracking server already; open it in a browser"
+        )
     # Created in the store before the server starts; a server proxies artifacts itself.
-    location = f"mlflow-artifacts:/{tracking.experiment_name()}" if args.serve else None
-    experiment = tracking.experiment_id(MlflowClient(store), tracking.experiment_name(), location)
-    url = tracking.ui_url(f"http://{args.host}:{args.port}", experiment)
+    location = f"mlflow-artifacts:/{store.experiment_name()}" if args.serve else None
+    experiment = store.experiment_id(MlflowClient(backend), store.experiment_name(), location)
+    url = store.ui_url(f"http://{args.host}:{args.port}", experiment)
     print(url, flush=True)
     if has_desktop():
         webbrowser.open(url)
-    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    command = [mlflow, "server" if args.serve else "ui", "--backend-store-uri", store]
-    command += ["--host", args.host, "--port", str(args.port)]
-    if args.serve:
-        command += ["--serve-artifacts"]
-        if args.artifacts_destination:
-            command += ["--artifacts-destination", args.artifacts_destination]
-    os.execv(mlflow, command)
+    mlflow = tool("mlflow")
+    command = [mlflow, "server" if args.serve else "ui", "--host", args.host]
+    command += ["--port", str(args.port)] + (["--serve-artifacts"] if args.serve else [])
+    os.execve(mlflow, command, os.environ | {"MLFLOW_BACKEND_STORE_URI": backend})
 
 
 if __name__ == "__main__":

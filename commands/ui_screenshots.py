@@ -16,7 +16,6 @@ The two runs are the best two by test accuracy unless given. The store needs two
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import browser, tracking
+from mnist_dense import store
 from mnist_dense.cli import PipelineError, run
+from tooling import browser
+from tooling.processes import free_port
 
 RESULTS = Path("results")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_ui(port: int) -> tuple[subprocess.Popen, str]:
@@ -108,7 +103,7 @@ def best_runs(client: MlflowClient, experiment: str, count: int = 2) -> list:
     )
     if len(runs) < count:
         raise PipelineError(
-            f"the store holds {len(runs)} evaluated run(s) in {tracking.experiment_name()}; "
+            f"the store holds {len(runs)} evaluated run(s) in {store.experiment_name()}; "
             "the screenshots need two (make run, then dvc exp run -S train.epochs=5)"
         )
     return runs
@@ -120,8 +115,8 @@ def main() -> None:
     reason = browser.missing()
     if reason:
         raise PipelineError(reason)
-    client = MlflowClient(tracking.connect())
-    experiment = tracking.experiment_id(client, tracking.experiment_name())
+    client = MlflowClient(store.connect())
+    experiment = store.experiment_id(client, store.experiment_name())
     chosen = sys.argv[1:3] or [r.info.run_id for r in best_runs(client, experiment)]
     names = {run_id: client.get_run(run_id).info.run_name for run_id in chosen}
     process, url = start_ui(free_port())

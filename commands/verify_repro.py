@@ -3,35 +3,23 @@ a scratch copy of the project and compare every output's hash with this project'
 
     make verify-repro          (or: python -m commands.verify_repro)
 
-Exit status 0 when every output is bit-identical, 1 otherwise. metrics/run.json (the MLflow
-run id and wall time) differs by nature and is reported but not compared. The scratch copy
+Exit status 0 when every output is bit-identical, 1 otherwise, naming the kernel path when it
+differs from the one dvc.lock's outputs were made on. metrics/run.json (the MLflow run id, the
+wall time and the kernel path) differs by nature and is reported but not compared. The scratch copy
 shares this project's DVC cache and logs to its own, discarded, MLflow store.
 """
 
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from mnist_dense.lineage import (
-    clean_environment,
-    copy_project,
-    cpu_flags,
-    cpu_name,
-    dvc_lock_outputs,
-)
+from mnist_dense.cli import PipelineError, run
 from mnist_dense.paths import MODEL, RUN_INFO
+from mnist_dense.provenance import cpu_flags, cpu_name, dvc_lock_outputs
+from tooling.processes import clean_environment, sh
+from tooling.project_copy import STAGES, copy_project, rerun_from_scratch
 
-STAGES = ("preprocess", "train", "evaluate")
 DIFFERS_BY_NATURE = {"metrics/run.json"}
-
-
-def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: `{' '.join(args)}` failed in {cwd}:\n{result.stdout}{result.stderr}")
-    return result.stdout
 
 
 def scratch_copy(root: Path, scratch: Path) -> None:
@@ -60,25 +48,14 @@ def compare(recorded: dict[str, str], rerun: dict[str, str]) -> tuple[str, int, 
 
 def main() -> None:
     root = Path.cwd()
-    if json.loads(sh("dvc", "status", "--json", cwd=root)):
-        sys.exit("error: the workspace differs from dvc.lock; run `dvc repro` first")
+    if json.loads(sh("dvc", "status", "--json", cwd=root).stdout):
+        raise PipelineError("the workspace differs from dvc.lock; run `dvc repro` first")
     recorded = dvc_lock_outputs(root / "dvc.lock", STAGES)
-    env = clean_environment()
     with tempfile.TemporaryDirectory(prefix="verify-repro-") as folder:
         scratch = Path(folder)
         scratch_copy(root, scratch)
         print(f"re-running {', '.join(STAGES)} from scratch in {scratch} ...", flush=True)
-        sh(
-            "dvc",
-            "repro",
-            "--force",
-            "--no-run-cache",
-            "--single-item",
-            *STAGES,
-            cwd=scratch,
-            env=env,
-        )
-        rerun = dvc_lock_outputs(scratch / "dvc.lock", STAGES)
+        rerun = rerun_from_scratch(scratch, clean_environment())
         paths = {name: kernel_path(folder) for name, folder in (("then", root), ("here", scratch))}
     report, mismatches, compared = compare(recorded, rerun)
     print(report)
@@ -86,7 +63,7 @@ def main() -> None:
     if mismatches:
         if paths["then"] != paths["here"]:
             print(path_reason(paths["then"], paths["here"]))
-        sys.exit(f"FAILED: {mismatches} of {compared} outputs differ from dvc.lock")
+        raise PipelineError(f"{mismatches} of {compared} outputs differ from dvc.lock")
     print(f"OK: all {compared} outputs bit-identical to dvc.lock")
 
 
@@ -111,4 +88,4 @@ def machine_row(recorded: dict[str, str], rerun: dict[str, str], path: str) -> s
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -57,7 +57,7 @@ class EpochTrainer:
         seed: int,
         distort: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
     ) -> None:
-        """`distort(images, seed)`, when given, redraws each mini-batch (stages/augment.py)."""
+        """`distort(images, seed)`, when given, redraws each mini-batch (mnist_dense/augment.py)."""
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.distort = distort
         self.x, self.y = tf.constant(x), tf.constant(y)

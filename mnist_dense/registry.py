@@ -25,7 +25,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import lineage
+from mnist_dense.provenance import project_root
+from mnist_dense.store import is_local
 
 MODEL_NAME = "mnist-dense"
 ALIAS = "champion"
@@ -75,29 +76,33 @@ def champion(client: MlflowClient) -> ModelVersion | None:
         return None
 
 
-def register(client: MlflowClient, run_id: str, tags: dict[str, str]) -> ModelVersion:
-    """The run's logged model as a new version of MODEL_NAME, with `tags`."""
+def register(
+    client: MlflowClient, run_id: str, model_id: str, tags: dict[str, str]
+) -> ModelVersion:
+    """The run's logged model `model_id` as a version of MODEL_NAME, with `tags`: the version
+    an earlier attempt made for the run, or a new one."""
     with suppress(MlflowException):  # it exists (perhaps created meanwhile by another worker)
         client.create_registered_model(
             MODEL_NAME,
             description="The dense MNIST classifier. Each version is a model the pipeline "
             f"evaluated; the alias `{ALIAS}` marks the one to use (see the project's README).",
         )
-    experiment = client.get_run(run_id).info.experiment_id
-    logged = client.search_logged_models(
-        [experiment], filter_string=f"source_run_id = '{run_id}' AND name = 'model'"
-    )
-    if not logged:
-        raise MlflowException(f"run {run_id} has no logged model yet")
-    model_id = logged[0].model_id
+    earlier = client.search_model_versions(f"name = '{MODEL_NAME}' AND run_id = '{run_id}'")
+    if earlier:
+        return min(earlier, key=lambda version: int(version.version))
     return client.create_model_version(
         MODEL_NAME, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id
     )
 
 
-def register_and_gate(client: MlflowClient, run_id: str, tags: dict[str, str]) -> str:
-    """Register the run's model and apply the rule; returns the decision as recorded."""
-    version = register(client, run_id, tags)
+def register_and_gate(
+    client: MlflowClient, run_id: str, model_id: str, tags: dict[str, str]
+) -> str:
+    """Register the run's model and apply the rule (once: a version decided before keeps its
+    decision); returns the decision as recorded."""
+    version = register(client, run_id, model_id, tags)
+    if "champion.decision" in version.tags:
+        return version.tags["champion.decision"]
     why = ""
     with _decision_lock(client):
         for _ in range(5):  # a remote store has no lock: re-check what another worker did
@@ -109,7 +114,7 @@ def register_and_gate(client: MlflowClient, run_id: str, tags: dict[str, str]) -
             if not promote:
                 break
             client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
-            if _is_local(client.tracking_uri):
+            if is_local(client.tracking_uri):
                 break
             time.sleep(1.0)
     return why
@@ -129,11 +134,7 @@ def promote_by_hand(client: MlflowClient, version: str, why: str) -> ModelVersio
     return found
 
 
-def _is_local(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
-
-
 def _decision_lock(client: MlflowClient) -> FileLock:
     """A lock all workers of a local store share (beside the project's store)."""
-    name = lineage.project_root() / "mlflow.db.registry.lock"
+    name = project_root() / "mlflow.db.registry.lock"
     return FileLock(str(name), timeout=LOCK_TIMEOUT_S)

@@ -1,11 +1,11 @@
 """Logging to one MLflow run without ever making training wait for the tracking store.
 
-Each call (metrics of an epoch, tags, a file, the model, the run's end) becomes a record in an
-ordered queue that a background thread sends one by one. A record that fails (a server being
+Each call (metrics of an epoch, tags, a file, the datasets, the run's end) becomes a record in
+an ordered queue that a background thread sends one by one. A record that fails (a server being
 restarted, a store locked) is retried every RETRY_S until it goes through, so a short outage
 loses nothing and costs the training loop no time. `close()` waits up to MNIST_TRACKING_WAIT_S
 (default 30 s) for the rest; whatever is still unsent is written to
-`.mlflow-pending/<run id>/` and `make sync-runs` (commands/sync_runs.py) sends it later.
+`.mlflow-pending/<time>-<run id>/` and `make sync-runs` (commands/sync_runs.py) sends it later.
 Records are idempotent (metrics carry their own timestamps), so sending one twice is harmless.
 """
 
@@ -17,13 +17,14 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import lineage
 from mnist_dense.files import atomic_path, write_json
+from mnist_dense.provenance import project_root
 
 PENDING_DIR = ".mlflow-pending"
 RETRY_S = 2.0
@@ -32,7 +33,7 @@ SYNC_COMMAND = "make sync-runs"
 
 
 def pending_root() -> Path:
-    return lineage.project_root() / PENDING_DIR
+    return project_root() / PENDING_DIR
 
 
 class RunLog:
@@ -40,7 +41,6 @@ class RunLog:
 
     def __init__(self, uri: str, run_id: str) -> None:
         self.uri, self.run_id = uri, run_id
-        self.recorded = None  # the run as the store held it when this log opened (if fetched)
         self._records: deque[dict] = deque()  # not yet confirmed by the store, oldest first
         self._files: dict[str, bytes] = {}
         self._condition = threading.Condition()
@@ -64,20 +64,9 @@ class RunLog:
         self._files[key] = data
         self._add({"kind": "file", "key": key, "artifact_file": artifact_file})
 
-    def model(self, keras_file: Path, example: list[float], kernel_mode: str) -> None:
-        """The served model (mnist_dense/served_model.py) built from this .keras file, with
-        `example` (one digit's 784 pixels) as its input example, on `kernel_mode`'s path."""
-        key = f"{len(self._files)}-model.keras"
-        self._files[key] = Path(keras_file).read_bytes()
-        self._add({"kind": "model", "key": key, "example": example, "kernels": kernel_mode})
-
     def datasets(self, records: list[dict]) -> None:
         """Dataset inputs (tracking.dataset_records): what data the run saw."""
         self._add({"kind": "inputs", "datasets": records})
-
-    def register(self, tags: dict[str, str]) -> None:
-        """Register the run's model and apply the champion rule (mnist_dense/registry.py)."""
-        self._add({"kind": "register", "tags": tags})
 
     def finish(self, status: str) -> None:
         self._add({"kind": "end", "status": status})
@@ -146,6 +135,24 @@ class RunLog:
         return False
 
 
+class NullRunLog:
+    """A RunLog that records nothing: tracking turned off, or a run the store does not hold."""
+
+    run_id = None
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def file(self, data: bytes, artifact_file: str) -> None:
+        pass
+
+    def datasets(self, records: list[dict]) -> None:
+        pass
+
+
 def describe(records: list[dict]) -> str:
     """'12 epochs of metrics, 2 files and the model' for the records not yet sent."""
     kinds = [record["kind"] for record in records]
@@ -158,56 +165,72 @@ def describe(records: list[dict]) -> str:
         parts.append(f"{kinds.count('file')} files")
     if "inputs" in kinds:
         parts.append("the dataset inputs")
-    if "model" in kinds:
-        parts.append("the model")
+    if "publish" in kinds:
+        parts.append("the model and its registration")
     if "end" in kinds:
         parts.append("the run's status")
     return ", ".join(parts) or "nothing"
 
 
-def send(client: MlflowClient, run_id: str, record: dict, files: dict[str, bytes]) -> None:
+Sender = Callable[[MlflowClient, str, dict, dict[str, bytes]], None]
+
+
+def _send_metrics(client: MlflowClient, run_id: str, record: dict, files: dict) -> None:
+    metrics = [
+        Metric(key, float(value), record["timestamp"], record["step"])
+        for key, value in record["values"].items()
+    ]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _send_tags(client: MlflowClient, run_id: str, record: dict, files: dict) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
+
+
+def _send_file(client: MlflowClient, run_id: str, record: dict, files: dict) -> None:
+    artifact = Path(record["artifact_file"])
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / artifact.name
+        local.write_bytes(files[record["key"]])
+        client.log_artifact(run_id, str(local), str(artifact.parent) or None)
+
+
+def _send_inputs(client: MlflowClient, run_id: str, record: dict, files: dict) -> None:
+    inputs = [
+        DatasetInput(
+            Dataset(d["name"], d["digest"], "dvc", d["source"], profile=d["profile"]),
+            tags=[InputTag("mlflow.data.context", d["context"])],
+        )
+        for d in record["datasets"]
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def _send_end(client: MlflowClient, run_id: str, record: dict, files: dict) -> None:
+    client.set_terminated(run_id, record["status"])
+
+
+SENDERS: dict[str, Sender] = {
+    "metrics": _send_metrics,
+    "tags": _send_tags,
+    "file": _send_file,
+    "inputs": _send_inputs,
+    "end": _send_end,
+}
+
+
+def send(
+    client: MlflowClient,
+    run_id: str,
+    record: dict,
+    files: dict[str, bytes],
+    senders: dict[str, Sender] = SENDERS,
+) -> None:
     """Send one record to the store (raises if the store does not take it)."""
-    kind = record["kind"]
-    if kind == "metrics":
-        metrics = [
-            Metric(key, float(value), record["timestamp"], record["step"])
-            for key, value in record["values"].items()
-        ]
-        client.log_batch(run_id, metrics=metrics)
-    elif kind == "tags":
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
-    elif kind == "file":
-        artifact = Path(record["artifact_file"])
-        with tempfile.TemporaryDirectory() as folder:
-            local = Path(folder) / artifact.name
-            local.write_bytes(files[record["key"]])
-            client.log_artifact(run_id, str(local), str(artifact.parent) or None)
-    elif kind == "model":
-        from mnist_dense.served_model import log_served_model
-
-        with tempfile.TemporaryDirectory() as folder:
-            local = Path(folder) / "model.keras"
-            local.write_bytes(files[record["key"]])
-            kernel_mode = record.get("kernels", "portable")
-            log_served_model(client.tracking_uri, run_id, local, record["example"], kernel_mode)
-    elif kind == "inputs":
-        inputs = [
-            DatasetInput(
-                Dataset(d["name"], d["digest"], "dvc", d["source"], profile=d["profile"]),
-                tags=[InputTag("mlflow.data.context", d["context"])],
-            )
-            for d in record["datasets"]
-        ]
-        client.log_inputs(run_id, datasets=inputs)
-    elif kind == "register":
-        from mnist_dense.registry import register_and_gate
-
-        decision = register_and_gate(client, run_id, record["tags"])
-        print(f"registry: {decision}", flush=True)
-    elif kind == "end":
-        client.set_terminated(run_id, record["status"])
-    else:
-        raise ValueError(f"unknown record kind {kind!r}")
+    sender = senders.get(record["kind"])
+    if sender is None:
+        raise ValueError(f"unknown record kind {record['kind']!r}")
+    sender(client, run_id, record, files)
 
 
 def save_pending(uri: str, run_id: str, records: list[dict], files: dict[str, bytes]) -> Path:
@@ -223,7 +246,7 @@ def save_pending(uri: str, run_id: str, records: list[dict], files: dict[str, by
     return folder
 
 
-def send_pending(folder: Path) -> int:
+def send_pending(folder: Path, senders: dict[str, Sender] = SENDERS) -> int:
     """Send a folder written by save_pending, oldest record first; remove it when all went.
 
     Returns the number of records sent; raises on the first that fails (after recording
@@ -235,7 +258,7 @@ def send_pending(folder: Path) -> int:
     records = saved["records"]
     for sent, record in enumerate(records):
         try:
-            send(client, saved["run_id"], record, files)
+            send(client, saved["run_id"], record, files, senders)
         except Exception:
             write_json(folder / "records.json", saved | {"records": records[sent:]})
             raise

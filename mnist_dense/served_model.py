@@ -28,6 +28,7 @@ from mnist_dense.digit_image import DigitImageError, digit_from_bytes
 from mnist_dense.shape import PIXELS, SIDE
 
 KERAS_ARTIFACT = "keras_model"
+KERNELS_ARTIFACT = "kernels"  # a file naming the kernel path (train.kernels) it computes on
 SIGNATURE = ModelSignature(
     inputs=Schema(
         [
@@ -53,7 +54,9 @@ class DigitReader(PythonModel):
         from mnist_dense import kernels
 
         # the kernel path the model was trained and evaluated on, before TensorFlow loads
-        kernels.select((context.model_config or {}).get("kernels", kernels.DEFAULT), strict=False)
+        recorded = context.artifacts.get(KERNELS_ARTIFACT)
+        mode = Path(recorded).read_text().strip() if recorded else kernels.DEFAULT
+        kernels.select(mode, strict=False)
         from mnist_dense.model import load_model
 
         self.model = load_model(Path(context.artifacts[KERAS_ARTIFACT]))
@@ -123,22 +126,23 @@ def example_image(pixels: np.ndarray) -> str:
 
 def log_served_model(
     uri: str, run_id: str, keras_file: Path, example: np.ndarray, kernel_mode: str
-) -> None:
-    """Log the served model into run `run_id` as its model `model`; it computes on
-    `kernel_mode`'s path (train.kernels) wherever it is served."""
+) -> str:
+    """Log the served model into run `run_id` as its model `model`, computing on
+    `kernel_mode`'s path (train.kernels) wherever it is served; its logged-model id."""
     import keras
     import tensorflow as tf
 
     package = Path(__file__).parent
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pyfunc.log_model(
+    with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
+        mode_file = Path(folder) / "kernels.txt"
+        mode_file.write_text(f"{kernel_mode}\n")
+        info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "model_code.py"),
-            artifacts={KERAS_ARTIFACT: str(keras_file)},
+            artifacts={KERAS_ARTIFACT: str(keras_file), KERNELS_ARTIFACT: str(mode_file)},
             code_paths=[str(package)],
             signature=SIGNATURE,
-            model_config={"kernels": kernel_mode},
             input_example=pd.DataFrame({"image": [example_image(example)]}),
             pip_requirements=[
                 f"keras=={keras.__version__}",
@@ -147,6 +151,7 @@ def log_served_model(
                 f"mlflow=={mlflow.__version__}",
             ],
         )
+    return info.model_id
 
 
 def _version(distribution: str) -> str:

@@ -2,12 +2,13 @@
 
 Writes metrics/evaluate.json (test accuracy, loss, macro F1), metrics/per_class.csv
 (precision, recall, F1, support and errors per digit) and metrics/predictions.csv (actual and
-predicted digit per test image, read by DVC's confusion-matrix plot), and logs them to
-the MLflow run that trained the model.
+predicted digit per test image, read by DVC's confusion-matrix plot), and logs them to the
+MLflow run that trained the model; then publishes the model: the served model (with its image
+preparation) logged into that run, its test metrics on it, registered, the champion rule
+applied (mnist_dense/publish.py).
 """
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import keras
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
 
-from mnist_dense import figures, kernels, tracking
+from mnist_dense import figures, kernels, publish, tracking
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
 from mnist_dense.model import load_model, predict
@@ -53,6 +54,7 @@ def score(labels: np.ndarray, probabilities: np.ndarray) -> tuple[dict, pd.DataF
 
 
 def _training_run_id() -> str | None:
+    """The MLflow run of the training (None: trained with tracking off)."""
     try:
         return json.loads(RUN_INFO.read_text())["mlflow_run_id"]
     except (OSError, ValueError, KeyError):
@@ -70,8 +72,7 @@ def _load(path: Path) -> keras.Model:
 
 def evaluate(params: Params) -> dict:
     kernels.require(params.train.kernels)  # the model computes here too
-    run_id = _training_run_id()
-    with tracking.existing_run(run_id) if run_id else nullcontext() as log:
+    with tracking.existing_run(_training_run_id()) as (log, recorded):
         model = _load(MODEL)
         arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])
         labels = arrays["y_test"]
@@ -88,14 +89,26 @@ def evaluate(params: Params) -> dict:
         }
         for path, picture in pictures.items():
             write_bytes(path, figures.png_bytes(picture))
-        if log:
-            log.datasets(tracking.dataset_records(["mnist-test"], {"test": len(labels)}))
-            log.metrics(metrics)
-            for path in (TEST_METRICS, PER_CLASS):
-                log.file(path.read_bytes(), f"evaluation/{path.name}")
-            for path in pictures:
-                log.file(path.read_bytes(), f"figures/{path.name}")
-            log.register(tracking.version_tags(log.recorded, metrics))
+        (test_set,) = tracking.dataset_records(["mnist-test"], {"test": len(labels)})
+        log.datasets([test_set])
+        log.metrics(metrics)
+        for path in (TEST_METRICS, PER_CLASS):
+            log.file(path.read_bytes(), f"evaluation/{path.name}")
+        for path in pictures:
+            log.file(path.read_bytes(), f"figures/{path.name}")
+    if recorded is not None:  # after the run's records, in the foreground
+        publish.publish(
+            log.uri,
+            log.run_id,
+            MODEL,
+            {
+                "example": arrays["x_test"][0].tolist(),
+                "kernels": params.train.kernels,
+                "metrics": metrics,
+                "tags": tracking.version_tags(recorded, metrics),
+                "dataset": {"name": test_set["name"], "digest": test_set["digest"]},
+            },
+        )
     print(
         f"evaluate: test_accuracy {metrics['test_accuracy']:.4f}, "
         f"test_loss {metrics['test_loss']:.4f}"

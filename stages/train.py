@@ -1,8 +1,9 @@
 """Stage 3, train: fit the dense network on data/processed, deterministically.
 
-Writes models/model.keras, the per-epoch history (metrics/history.csv, a DVC plot), the
-final training figures (metrics/train.json) and, apart from those reproducible outputs,
-metrics/run.json: the MLflow run id and wall time, which differ from run to run.
+Writes models/model.keras, the per-epoch history (metrics/history.csv, a DVC plot, rewritten
+after every epoch so `dvc plots show` follows a long training), the final validation figures
+(metrics/train.json) and, apart from those reproducible outputs, metrics/run.json: the MLflow
+run id, the wall time and the kernel path, which differ from run to run or machine to machine.
 """
 
 import math
@@ -19,35 +20,28 @@ from mnist_dense.cli import PipelineError, raise_if_interrupted, run
 from mnist_dense.figures import png_bytes, training_curves
 from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
 from mnist_dense.fit import EpochTrainer, configure_threads, run_epochs
-from mnist_dense.lineage import file_md5
-from mnist_dense.model import (
-    build_model,
-    make_loss,
-    make_optimizer,
-    precision_policy,
-    save_model,
-)
+from mnist_dense.model import build_model, make_loss, make_optimizer, precision_policy, save_model
 from mnist_dense.params import Params, load_params
 from mnist_dense.paths import CURVES_PNG, HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
+from mnist_dense.provenance import file_md5
 
 HISTORY_COLUMNS = ["loss", "accuracy", "val_loss", "val_accuracy"]
+VALIDATION = ["val_accuracy", "val_loss"]  # metrics/train.json: what `dvc exp show` compares
+EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, its scores)
 
 
 def make_deterministic(seed: int) -> None:
-    """Same params and data -> same weights, bit for bit (on the same machine and libraries)."""
+    """Same params and data -> same weights, bit for bit (on the same kernel path)."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
 
 def fit(
-    params: Params,
-    arrays: dict,
-    on_epoch_end: Callable[[dict, int], None],
-    precision: str = "float32",
+    params: Params, arrays: dict, on_epoch_end: EpochCallback, precision: str = "float32"
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Build the model and train it; return it with its per-epoch history.
 
-    `on_epoch_end(scores, epoch)` gets each epoch's loss, accuracy, val_loss, val_accuracy.
+    `on_epoch_end(epoch, scores)` gets each epoch's loss, accuracy, val_loss, val_accuracy.
     """
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -63,7 +57,7 @@ def fit(
 
 
 def _fit(
-    params: Params, arrays: dict, on_epoch_end: Callable[[dict, int], None], precision: str
+    params: Params, arrays: dict, on_epoch_end: EpochCallback, precision: str
 ) -> tuple[keras.Model, pd.DataFrame]:
     p = params.train
     configure_threads(p.threads)
@@ -80,53 +74,70 @@ def _fit(
         Distort(params.augment) if params.augment.enabled else None,
     )
 
-    def after_epoch(epoch: int, scores: dict) -> None:
+    def after_epoch(epoch: int, scores: dict[str, float]) -> None:
         raise_if_interrupted()  # in case TensorFlow swallowed a Ctrl-C mid-epoch
-        on_epoch_end(scores, epoch)
+        on_epoch_end(epoch, scores)
 
-    history = pd.DataFrame(
+    history = history_table(
         run_epochs(trainer, (arrays["x_val"], arrays["y_val"]), p.epochs, after_epoch)
-    )[HISTORY_COLUMNS]
-    history.insert(0, "epoch", range(1, len(history) + 1))
+    )
     return model, history
 
 
+def history_table(epochs: list[dict[str, float]]) -> pd.DataFrame:
+    """The per-epoch scores as metrics/history.csv holds them."""
+    history = pd.DataFrame(epochs, columns=HISTORY_COLUMNS)
+    history.insert(0, "epoch", range(1, len(history) + 1))
+    return history
+
+
 def train(params: Params) -> keras.Model:
+    """Train, write the outputs and log the run. On a failure or an interruption the live
+    history goes back to what it was before (DVC removes it before a stage runs)."""
+    previous = HISTORY.read_bytes() if HISTORY.is_file() else None
+    try:
+        return _train(params)
+    except BaseException:
+        if previous is None:
+            HISTORY.unlink(missing_ok=True)
+        else:
+            write_bytes(HISTORY, previous)
+        raise
+
+
+def _train(params: Params) -> keras.Model:
     kernels.require(params.train.kernels)
     arrays = load_arrays(PROCESSED_DIR, ["x_train", "y_train", "x_val", "y_val"])
     precision = precision_policy(params.train.precision)
+    epochs: list[dict[str, float]] = []
     with tracking.training_run(params) as log:
-        if log:
-            log.tags({"env.precision": precision} | kernels.tags())
+        log.tags({"env.precision": precision})
+
+        def on_epoch_end(epoch: int, scores: dict[str, float]) -> None:
+            log.metrics(scores, step=epoch)
+            epochs.append(scores)
+            write_text(HISTORY, history_table(epochs).to_csv(index=False))  # live curves
+
         started = time.perf_counter()
-        on_epoch = log.metrics if log else lambda scores, epoch: None
-        model, history = fit(params, arrays, on_epoch, precision)
+        model, history = fit(params, arrays, on_epoch_end, precision)
         seconds = time.perf_counter() - started
         save_model(model, MODEL)
-        write_text(HISTORY, history.to_csv(index=False))
         write_bytes(CURVES_PNG, png_bytes(training_curves(history)))
-        final = history.iloc[-1]
-        write_json(
-            TRAIN_METRICS,
-            {name: float(final[name]) for name in HISTORY_COLUMNS}
-            | {"epochs": int(final["epoch"])},
-        )
-        if log:
-            sizes = {"train": len(arrays["y_train"]), "val": len(arrays["y_val"])}
-            log.datasets(tracking.dataset_records(["mnist-train", "mnist-validation"], sizes))
-            log.metrics({"train_seconds": seconds})
-            log.tags({f"dvc.md5.{MODEL}": file_md5(MODEL)})
-            log.file(CURVES_PNG.read_bytes(), f"figures/{CURVES_PNG.name}")
-            log.model(MODEL, arrays["x_val"][0].tolist(), params.train.kernels)
-        run_id = log.run_id if log else None
+        final = history.iloc[-1]  # the training set's figures stay in history.csv and MLflow
+        write_json(TRAIN_METRICS, {name: float(final[name]) for name in VALIDATION})
+        sizes = {"train": len(arrays["y_train"]), "val": len(arrays["y_val"])}
+        log.datasets(tracking.dataset_records(["mnist-train", "mnist-validation"], sizes))
+        log.metrics({"train_seconds": seconds})
+        log.tags({f"dvc.md5.{MODEL}": file_md5(MODEL)})
+        log.file(CURVES_PNG.read_bytes(), f"figures/{CURVES_PNG.name}")
         write_json(
             RUN_INFO,
-            {"mlflow_run_id": run_id, "train_seconds": round(seconds, 2)}
+            {"mlflow_run_id": log.run_id, "train_seconds": round(seconds, 2)}
             | {"kernel_path": kernels.path()},
         )
     print(
         f"train: {len(history)} epochs in {seconds:.1f} s, "
-        f"val_accuracy {final['val_accuracy']:.4f}, run {run_id}"
+        f"val_accuracy {final['val_accuracy']:.4f}, run {log.run_id}"
     )
     return model
 

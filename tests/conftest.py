@@ -12,7 +12,6 @@ so nobody has to remember to mark it.
 """
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -30,8 +29,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_dense.lineage import clean_environment, copy_project
+from mnist_dense.provenance import file_sha256 as sha256
 from tests.servers import chromium, mlflow_server, model_server, postgres  # noqa: F401 (fixtures)
+from tooling.processes import clean_environment, sh
+from tooling.project_copy import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, mlflow
@@ -152,10 +153,6 @@ def write_mnist(folder: Path, train_count: int = 300, test_count: int = 100) -> 
     return {name: sha256(folder / name) for names in FILES.values() for name in names}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="session")
 def tiny_mirror(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A folder holding tiny MNIST files, and their checksums."""
@@ -204,18 +201,16 @@ def workdir(tmp_path, monkeypatch, tiny_mirror) -> Path:
 # Running commands ----------------------------------------------------------------------------
 
 
-def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
-    """Run a command; fail the test with its output unless it succeeds. Its stdout + stderr."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+def output(result: subprocess.CompletedProcess) -> str:
+    """What a command printed, stdout then stderr (DVC writes some of its lines to each)."""
     return result.stdout + result.stderr
 
 
 def python_module(
     module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess:
-    """`python -m module args...` as its own process, the project importable from anywhere."""
-    env = (os.environ if env is None else env) | {"PYTHONPATH": str(ROOT)}
+    """`python -m module args...` as its own process (the project is installed: editable)."""
+    env = os.environ if env is None else env
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
@@ -243,7 +238,7 @@ def start_stage() -> Iterator[Callable[..., subprocess.Popen]]:
     started: list[subprocess.Popen] = []
 
     def start(name: str, env_extra: dict | None = None) -> subprocess.Popen:
-        env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"} | (env_extra or {})
+        env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env_extra or {})
         process = subprocess.Popen(
             [sys.executable, "-m", f"stages.{name}"],
             env=env,
@@ -376,7 +371,7 @@ def copy_of(source: Path, dest: Path) -> Path:
 
 def experiments(project: Path, env: dict) -> dict[str, dict]:
     """{name: data} of every experiment `dvc exp show` lists."""
-    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=project, env=env))
+    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=project, env=env).stdout)
     return {
         exp["name"]: exp["revs"][0]["data"]
         for rev in shown
@@ -387,7 +382,7 @@ def experiments(project: Path, env: dict) -> dict[str, dict]:
 def exp_run(project: Path, env: dict, name: str, *overrides: str) -> str:
     """`dvc exp run --temp -n NAME -S ...`: an experiment that leaves the workspace as it was."""
     sets = [arg for override in overrides for arg in ("-S", override)]
-    return sh(DVC, "exp", "run", "--temp", "-n", name, *sets, cwd=project, env=env)
+    return output(sh(DVC, "exp", "run", "--temp", "-n", name, *sets, cwd=project, env=env))
 
 
 @pytest.fixture(scope="session")
@@ -453,7 +448,7 @@ def _output_files(project: Path, lock: dict[str, str]) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def forced_rerun(built_project, tmp_path_factory) -> ForcedRerun:
     """A copy of the built project forced to re-run every stage, once per session."""
-    from mnist_dense.lineage import dvc_lock_outputs
+    from mnist_dense.provenance import dvc_lock_outputs
 
     source, env = built_project
     folder = copy_of(source, tmp_path_factory.mktemp("rerun") / "project")
@@ -486,7 +481,7 @@ def swept(built_project, tmp_path_factory) -> Sweep:
     """A copy of the built project after `dvc exp run --queue` of SWEEP and `dvc queue start
     -j 2`, once per session: the pipeline's and the registry's tests read it."""
     from mnist_dense.registry import MODEL_NAME
-    from mnist_dense.services import run_queue
+    from tooling.dvc_queue import run_queue
 
     source, env = built_project
     folder = copy_of(source, tmp_path_factory.mktemp("sweep") / "project")

@@ -2,7 +2,7 @@
 own, stopped even when a test fails: a throwaway PostgreSQL cluster (password authentication),
 `mlflow server`, `mlflow models serve`, headless Chromium. tests/conftest.py imports the
 fixtures (and marks the tests that use them); the process handling is the library's
-(mnist_dense/services.py), as the team stack's.
+(tooling/), as the team stack's.
 """
 
 import itertools
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dense import browser, services
-from mnist_dense.services import free_port
+from tooling import browser, processes
+from tooling.postgres import Postgres, postgres_bin
+from tooling.processes import free_port
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 120
@@ -34,17 +35,17 @@ READY_TIMEOUT_S = 120
 def wait_until(
     ready: Callable[[], bool], what: str, log: Path, process: subprocess.Popen | None = None
 ) -> None:
-    """services.wait_until, failing the test with the server's log."""
+    """processes.wait_until, failing the test with the server's log."""
     try:
-        services.wait_until(
+        processes.wait_until(
             ready, what, READY_TIMEOUT_S, alive=process and (lambda: process.poll() is None)
         )
-    except services.ServiceError as error:
-        pytest.fail(f"{error}:\n{services.log_tail(log)}")
+    except processes.ServiceError as error:
+        pytest.fail(f"{error}:\n{processes.log_tail(log)}")
 
 
 def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
-    services.stop_group(process.pid, timeout_s)
+    processes.stop_group(process.pid, timeout_s)
     process.wait()
 
 
@@ -52,20 +53,20 @@ def stop_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (password authentication) with a database
     `mlflow`; yields its URI. Skips, saying why, without PostgreSQL."""
-    if services.postgres_bin() is None:
+    if postgres_bin() is None:
         pytest.skip(
             "PostgreSQL not installed: initdb and pg_ctl are neither on PATH nor under "
             "/usr/lib/postgresql/*/bin (apt-get install postgresql; .ci/run does)"
         )
     folder = Path(tempfile.mkdtemp(prefix="test-postgres-"))  # not under pytest's root-only tmp
-    cluster = services.Postgres(folder / "cluster", free_port(), secrets.token_hex(12))
+    cluster = Postgres(folder / "cluster", free_port(), secrets.token_hex(12))
     try:
         cluster.init()
         cluster.start(READY_TIMEOUT_S)
         cluster.create_database("mlflow")
         yield cluster.uri()
-    except services.ServiceError as error:
-        pytest.fail(f"{error}:\n{services.log_tail(cluster.log)}")
+    except processes.ServiceError as error:
+        pytest.fail(f"{error}:\n{processes.log_tail(cluster.log)}")
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -191,9 +192,7 @@ def train_with_outage(
     """`python -m stages.train` in `folder`, stopping the tracking server (anything with
     stop(), start(), uri and back_at) at epoch 2 and starting it again after epoch
     `restart_after` (never, for None). The process, its stderr, (epoch, time) per epoch line."""
-    root = Path(__file__).resolve().parents[1]
     env = (env or os.environ) | {
-        "PYTHONPATH": str(root),
         "PYTHONUNBUFFERED": "1",
         "MLFLOW_TRACKING_URI": server.uri,
         "MLFLOW_EXPERIMENT_NAME": "outage",

@@ -1,15 +1,8 @@
-import hashlib
-from pathlib import Path
-
 import pytest
 
 from mnist_dense.cli import PipelineError
 from stages.download import PUBLIC_MIRRORS, download, read_checksums, sources
-from tests.conftest import SHARED_MIRROR
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from tests.conftest import sha256
 
 
 def test_fetches_and_verifies_every_file_from_a_local_mirror(tmp_path, tiny_mirror):
@@ -71,7 +64,6 @@ def test_plain_http_mirror_is_refused():
         sources("http://example.org")
 
 
-@pytest.mark.skipif(not SHARED_MIRROR.is_dir(), reason=f"no MNIST mirror at {SHARED_MIRROR}")
-def test_pinned_checksums_match_the_real_mnist_files(tmp_path):
-    download(tmp_path / "raw", read_checksums(), sources(str(SHARED_MIRROR))[:1])
+def test_pinned_checksums_match_the_real_mnist_files(tmp_path, real_mnist):
+    download(tmp_path / "raw", read_checksums(), sources(str(real_mnist))[:1])
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(read_checksums())

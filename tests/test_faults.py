@@ -8,14 +8,15 @@ import json
 import signal
 import sqlite3
 
+import pandas as pd
 import pytest
 
 from mnist_dense.cli import Interrupted, PipelineError, run
 from mnist_dense.params import load_params
 from mnist_dense.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TEST_METRICS, TRAIN_METRICS
-from mnist_dense.services import free_port
 from stages import download, evaluate, preprocess, train
 from tests.conftest import write_params
+from tooling.processes import free_port
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -181,8 +182,14 @@ def test_interrupted_training_leaves_no_partial_output(processed, signum, start_
             f"error: interrupted ({signal.Signals(signum).name}); no partial output was left, "
             "run `dvc repro` to start again"
         ]
-    for output in (MODEL, HISTORY, TRAIN_METRICS, RUN_INFO):
+    for output in (MODEL, TRAIN_METRICS, RUN_INFO):
         assert not output.exists()
+    if signum == signal.SIGKILL and HISTORY.exists():  # no cleanup: the live curves so far
+        assert pd.read_csv(HISTORY)["epoch"].tolist() == list(
+            range(1, len(pd.read_csv(HISTORY)) + 1)
+        )
+    else:
+        assert not HISTORY.exists()
     leftovers = [p for folder in ("models", "metrics") for p in processed.glob(f"{folder}/.tmp-*")]
     assert leftovers == []
 

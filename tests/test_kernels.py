@@ -1,7 +1,6 @@
 """The kernel path (train.kernels): chosen by the project before the numerical libraries load,
 the same bits whatever the CPU would have chosen, and recorded; and a quiet start-up."""
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 from mnist_dense import kernels, quiet
 from mnist_dense.cli import PipelineError
 from mnist_dense.params import load_params, parse_params
+from mnist_dense.provenance import file_md5
 from stages import preprocess, train
 from tests.conftest import ROOT, tiny_params, write_params
 
@@ -162,7 +162,7 @@ def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_n
         write_params(folder, train={"kernels": mode})
         result = run_command("stages.train", cwd=folder, env=simulated_cpu(mode, cap, rewrites))
         assert result.returncode == 0, result.stderr
-        return hashlib.md5((folder / "models" / "model.keras").read_bytes()).hexdigest()
+        return file_md5(folder / "models" / "model.keras")
 
     with ThreadPoolExecutor(2) as pool:  # two at a time (train.threads is 1)
         md5s = dict(zip(runs, pool.map(model_md5, range(len(runs))), strict=True))
@@ -228,7 +228,7 @@ def test_importing_the_library_loads_neither_numpy_nor_tensorflow(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        env=os.environ,
         capture_output=True,
         text=True,
     )

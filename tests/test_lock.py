@@ -1,4 +1,4 @@
-"""The locked environment: requirements.in and requirements.lock agree, every pin carries its
+"""The locked environment: requirements.in and requirements.txt agree, every pin carries its
 hashes, and the venv the tests run in holds exactly what the lock pins."""
 
 import re
@@ -14,7 +14,7 @@ from commands.lock import (
 )
 from tests.conftest import ROOT
 
-IN, LOCK = ROOT / "requirements.in", ROOT / "requirements.lock"
+IN, LOCK = ROOT / "requirements.in", ROOT / "requirements.txt"
 
 
 def test_requirements_in_and_the_lock_agree():
@@ -61,7 +61,7 @@ def test_a_package_the_lock_does_not_pin_is_found():
 
 def test_another_python_than_the_lock_was_made_for_is_one_warning(tmp_path):
     assert python_warning(LOCK) is None  # the venv runs the lock's Python
-    other = tmp_path / "requirements.lock"
+    other = tmp_path / "requirements.txt"
     other.write_text(LOCK.read_text().replace("--python-version 3.11", "--python-version 3.99", 1))
     warning = python_warning(other)
     assert warning.startswith(

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mnist_dense.lineage import dvc_lock_outputs
 from mnist_dense.model import load_model
+from mnist_dense.provenance import dvc_lock_outputs
 from mnist_dense.served_model import example_image
 from tests.conftest import (
     BIN,
@@ -26,6 +26,7 @@ from tests.conftest import (
     client_of,
     exp_run,
     experiments,
+    output,
     sh,
     sha256,
     tracking_store,
@@ -84,7 +85,7 @@ def test_mlflow_run_holds_params_curves_test_metrics_and_model(project):
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert run.data.metrics["test_accuracy"] == evaluate["test_accuracy"]
     assert run.data.metrics["test_loss"] == evaluate["test_loss"]
-    head = sh("git", "rev-parse", "HEAD", cwd=project).strip()
+    head = sh("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
     assert run.data.tags["git.commit"] == head
     assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
@@ -114,7 +115,7 @@ def test_mlflow_run_records_what_reproduces_it(project):
     assert tags["kernels.mode"] == "portable" and tags["kernels.onednn_rewrites"] == "off"
     recorded_path = json.loads((project / "metrics" / "run.json").read_text())["kernel_path"]
     assert tags["kernels.path"] == recorded_path and recorded_path.startswith("portable (")
-    assert tags["env.requirements_lock_sha256"] == sha256(project / "requirements.lock")
+    assert tags["env.requirements_sha256"] == sha256(project / "requirements.txt")
     lock = dvc_lock_outputs(project / "dvc.lock")
     for path in ("data/raw", "data/processed", "models/model.keras"):
         assert tags[f"dvc.md5.{path}"] == lock[path]
@@ -150,9 +151,31 @@ def test_the_logged_model_is_served_over_http(project, model_server):
     assert all(row["digit"] in range(10) for row in images["predictions"])
 
 
+def test_editing_the_served_model_reruns_evaluate_but_not_train(project):
+    """Train depends only on training: the served model and the registry are evaluate's."""
+    project, env = project
+    served = project / "mnist_dense" / "served_model.py"
+    served.write_text(served.read_text() + "\n# an edit to predict-time code\n")
+    changed = json.loads(sh(DVC, "status", "--json", cwd=project, env=env).stdout)
+    assert "evaluate" in changed and "train" not in changed, changed
+
+
+def test_dvc_exp_show_leads_with_test_then_validation_accuracy_then_training_time(
+    project_with_experiments,
+):
+    project, env = project_with_experiments
+    shown = sh(DVC, "exp", "show", "--csv", "--only-changed", cwd=project, env=env).stdout
+    columns = shown.splitlines()[0].split(",")
+    metrics = columns[columns.index("Created") + 1 :]
+    assert metrics[:3] == ["test_accuracy", "test_loss", "test_macro_f1"], columns
+    assert metrics.index("val_accuracy") < metrics.index("train_seconds")
+    assert metrics.index("train_seconds") < metrics.index("train.epochs")  # params after
+    assert "loss" not in columns and "accuracy" not in columns  # the training set's: history
+
+
 def test_second_repro_is_a_no_op(project):
     project, env = project
-    out = sh(DVC, "repro", cwd=project, env=env)
+    out = output(sh(DVC, "repro", cwd=project, env=env))
     assert "Data and pipelines are up to date." in out
 
 
@@ -173,7 +196,7 @@ def test_verify_repro_reports_identical_outputs(project):
     compared = [
         path for path in dvc_lock_outputs(project / "dvc.lock", ("preprocess", "train", "evaluate"))
     ]
-    out = sh(str(BIN / "python"), "-m", "commands.verify_repro", cwd=project, env=env)
+    out = sh(str(BIN / "python"), "-m", "commands.verify_repro", cwd=project, env=env).stdout
     assert f"OK: all {len(compared) - 1} outputs bit-identical to dvc.lock" in out
     model = dvc_lock_outputs(project / "dvc.lock")["models/model.keras"]
     (row,) = [line for line in out.splitlines() if line.startswith("machine row: | ")]
@@ -215,8 +238,8 @@ def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(
         if line.startswith("epoch 3/"):
             break
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode != 0, output
+    printed = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, printed
     assert not (project / "models" / "model.keras").exists()
     assert not list(project.glob("**/.tmp-*"))
     write_params(project, tracking={"enabled": True})
@@ -224,7 +247,7 @@ def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(
     after = dvc_lock_outputs(project / "dvc.lock")
     after.pop("metrics/run.json"), before.pop("metrics/run.json")
     assert after == before
-    assert "up to date" in sh(DVC, "status", cwd=project, env=env)
+    assert "up to date" in output(sh(DVC, "status", cwd=project, env=env))
 
 
 def test_exp_run_adds_an_experiment_and_a_tagged_mlflow_run(project):
@@ -261,7 +284,7 @@ def test_run_cache_restores_a_training_without_a_new_mlflow_run(project_with_exp
 def test_queued_sweep_with_two_workers_loses_nothing(swept):
     project, env = swept.project, swept.env
     assert "Failed" not in swept.status, swept.status
-    baseline = sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
+    baseline = sh("git", "rev-parse", "HEAD", cwd=project, env=env).stdout.strip()
     new_runs = [run for run in runs(project) if run.info.run_id not in swept.runs_before]
     assert len(new_runs) == 4
     assert all(run.data.tags["dvc.baseline_rev"] == baseline for run in new_runs)

@@ -8,9 +8,9 @@ import re
 import yaml
 
 from commands.plots import OFFLINE, drawn, render
-from mnist_dense import browser
 from mnist_dense.paths import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED_PNG
 from tests.conftest import EXPERIMENTS, ROOT
+from tooling import browser
 
 TEMPLATE, RECORD = ROOT / "plots" / "template.html", ROOT / "plots" / "vendor.json"
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from commands import predict, registry
-from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide, register
+from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
 from tests.conftest import client_of, exp_run, sh, tracking_store
 from tests.servers import post
 
@@ -48,7 +48,7 @@ def test_the_first_evaluated_model_is_version_1_and_champion(project):
     assert (str(first.version), first.run_id) == ("1", run_id)
     evaluate = json.loads((folder / "metrics" / "evaluate.json").read_text())
     assert float(first.tags["test_accuracy"]) == evaluate["test_accuracy"]
-    assert first.tags["git.commit"] == sh("git", "rev-parse", "HEAD", cwd=folder).strip()
+    assert first.tags["git.commit"] == sh("git", "rev-parse", "HEAD", cwd=folder).stdout.strip()
     assert first.tags["validation.digest"].endswith(".dir")
     assert first.tags["champion.decision"] == "promoted: the first version"
     assert champion_version(client) == "1"
@@ -97,7 +97,10 @@ def test_promoting_by_hand_records_who_and_why(in_project, call_main, monkeypatc
     folder, _ = in_project
     client = client_of(folder)
     first = versions(client)["1"]
-    newest = str(register(client, first.run_id, first.tags).version)  # the same model again
+    again = client.create_model_version(  # the same model once more, a second version
+        MODEL_NAME, first.source, run_id=None, tags=first.tags, model_id=first.model_id
+    )
+    newest = str(again.version)
     assert newest != champion_version(client)
     monkeypatch.setenv("USER", "ada")
     result = call_main(registry.main, "promote", newest, "--why", "checked by eye")

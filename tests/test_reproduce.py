@@ -1,4 +1,4 @@
-"""`make reproduce RUN=<id>`: a run re-made from its MLflow record, end to end on tiny data.
+"""`make reproduce ARGS=<id>`: a run re-made from its MLflow record, end to end on tiny data.
 
 One real reproduction runs per session (the slow part: a worktree, three stages); the other
 cases are checked in process, the differing one against that reproduction's real hashes.
@@ -44,7 +44,7 @@ def reproduction(built_project, tmp_path_factory) -> Reproduction:
     run_id = workspace_run_id(folder)
     lock, status = (
         (folder / "dvc.lock").read_bytes(),
-        sh("git", "status", "--porcelain", cwd=folder),
+        sh("git", "status", "--porcelain", cwd=folder).stdout,
     )
     runs_before = run_count(folder, run_id)
     result = python_module("commands.reproduce", run_id, cwd=folder, env=env, timeout=600)
@@ -73,8 +73,9 @@ def test_a_run_reproduces_from_its_record(reproduction):
     assert tags["reproduced.result"] == "identical" and tags["reproduced.at"]
     # nothing of the user's changed, and no run was added
     assert (project / "dvc.lock").read_bytes() == reproduction.lock_before
-    assert sh("git", "status", "--porcelain", cwd=project) == reproduction.status_before
-    assert "worktree" not in sh("git", "worktree", "list", cwd=project).split("\n", 1)[-1]
+    assert sh("git", "status", "--porcelain", cwd=project).stdout == reproduction.status_before
+    worktrees = sh("git", "worktree", "list", cwd=project).stdout
+    assert "worktree" not in worktrees.split("\n", 1)[-1]
     assert run_count(project, run_id) == reproduction.runs_before
 
 

@@ -29,33 +29,30 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from commands.team import PORTS
-from mnist_dense import services
-from mnist_dense.lineage import file_md5
+from mnist_dense.provenance import file_md5
 from mnist_dense.registry import ALIAS, MODEL_NAME
 from tests.conftest import (
     DVC,
     ROOT,
     copy_of,
     experiments,
+    output,
+    python_module,
     sh,
     tracking_store,
     write_mnist,
     write_params,
 )
 from tests.servers import gaps, train_with_outage
+from tooling import postgres
+from tooling.processes import free_port
 
 TOOLS = ROOT / ".team" / "tools"
 
 
 def team(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "commands.team", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`python -m commands.team ARGS` (make team-up, ...) in `cwd`."""
+    return python_module("commands.team", *args, cwd=cwd, env=env, timeout=600)
 
 
 def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
@@ -63,7 +60,7 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
 ):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(glob, "glob", lambda pattern: [])
-    assert services.postgres_bin() is None
+    assert postgres.postgres_bin() is None
     tools = {"9.6": ("initdb", "pg_ctl"), "15": ("initdb", "pg_ctl"), "16": ("initdb",)}
     for version, names in tools.items():
         (tmp_path / version / "bin").mkdir(parents=True)
@@ -71,7 +68,7 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
             (tmp_path / version / "bin" / name).touch()
     found = [str(tmp_path / version / "bin" / "initdb") for version in tools]
     monkeypatch.setattr(glob, "glob", lambda pattern: found)
-    assert services.postgres_bin() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl
+    assert postgres.postgres_bin() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +78,7 @@ def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, s
     `eval "$(make -s team-env)"`, the stack's settings and team-up's output."""
     if not (TOOLS / "bin" / "weed").is_file():
         pytest.skip("SeaweedFS is not installed in .team/tools (make team-tools; .ci/run does)")
-    if services.postgres_bin() is None:
+    if postgres.postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
     source, env = built_project
     folder = copy_of(source, tmp_path_factory.mktemp("team") / "project")
@@ -114,7 +111,7 @@ def test_team_up_prints_one_line_per_server_and_is_idempotent(stack):
     ] * 3
     local = (folder / ".dvc" / "config.local").read_text()
     assert "s3://dvc/store" in local and "endpointurl" in local
-    committed = sh("git", "ls-files", cwd=folder)
+    committed = sh("git", "ls-files", cwd=folder).stdout
     assert ".dvc/config.local" not in committed and ".team" not in committed
     assert settings["s3_secret_key"] not in (folder / ".dvc" / "config").read_text()
 
@@ -206,12 +203,18 @@ def clone(stack, tmp_path_factory) -> Path:
     sh("git", "remote", "add", "origin", str(origin), cwd=folder, env=env)
     sh("git", "push", "-q", "origin", "main", cwd=folder, env=env)
     started = time.perf_counter()
-    print(sh(DVC, "push", cwd=folder, env=env).strip(), f"in {time.perf_counter() - started:.1f} s")
+    print(
+        output(sh(DVC, "push", cwd=folder, env=env)).strip(),
+        f"in {time.perf_counter() - started:.1f} s",
+    )
     clone = tmp_path_factory.mktemp("clone-b") / "project"
     sh("git", "clone", "-q", str(origin), str(clone), cwd=clone.parent, env=env)
     assert team("up", env=env, cwd=clone).returncode == 0  # the stack is up: remote set-up only
     started = time.perf_counter()
-    print(sh(DVC, "pull", cwd=clone, env=env).strip(), f"in {time.perf_counter() - started:.1f} s")
+    print(
+        output(sh(DVC, "pull", cwd=clone, env=env)).strip(),
+        f"in {time.perf_counter() - started:.1f} s",
+    )
     return clone
 
 
@@ -223,7 +226,7 @@ def test_dvc_push_to_s3_and_pull_in_a_fresh_clone_is_bit_identical(stack, clone)
     for out in outs:
         pulled, original = contents(clone / out["path"]), contents(folder / out["path"])
         assert pulled and pulled == original, out["path"]
-    assert "Data and pipelines are up to date." in sh(DVC, "repro", cwd=clone, env=env)
+    assert "Data and pipelines are up to date." in output(sh(DVC, "repro", cwd=clone, env=env))
 
 
 def test_an_experiment_travels_through_git_and_the_s3_remote(stack, clone):
@@ -308,9 +311,9 @@ def test_the_object_store_stopped_during_a_push_fails_clearly_and_a_retry_comple
         assert output.startswith("ERROR") or "\nERROR" in output, output
     finally:
         assert team("up", env=env, cwd=folder).returncode == 0
-    retried = sh(DVC, "push", "big.bin", cwd=folder, env=env)
+    retried = output(sh(DVC, "push", "big.bin", cwd=folder, env=env))
     assert "1 file pushed" in retried
-    status = sh(DVC, "status", "--cloud", "big.bin.dvc", cwd=folder, env=env)
+    status = output(sh(DVC, "status", "--cloud", "big.bin.dvc", cwd=folder, env=env))
     assert "Cache and remote 'team' are in sync" in status
     sh(DVC, "remove", "big.bin.dvc", cwd=folder, env=env)
     big.unlink()
@@ -353,13 +356,10 @@ def test_the_mlflow_server_restarted_mid_training_loses_nothing(stack, tmp_path)
         train={"hidden_units": [512, 512], "epochs": epochs_planned},
         tracking={"enabled": True},
     )
-    run_env = env | {"PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [sys.executable, "-m", "stages.preprocess"], cwd=tmp_path, env=run_env, check=True
-    )
+    assert python_module("stages.preprocess", cwd=tmp_path, env=env).returncode == 0
     server = StackServer(folder, env)
     process, stderr, epochs = train_with_outage(
-        tmp_path, server, restart_after=3, wait_s="120", env=run_env
+        tmp_path, server, restart_after=3, wait_s="120", env=env
     )
     assert process.returncode == 0, stderr
     between = gaps(epochs)
@@ -387,7 +387,7 @@ def test_a_port_in_use_or_a_missing_binary_is_one_line_and_leaves_nothing_runnin
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
-    ports = {name: services.free_port() for name in PORTS} | {"postgres": port}
+    ports = {name: free_port() for name in PORTS} | {"postgres": port}
     stack = {"ports": ports, "postgres_password": "x" * 16, "s3_access_key": "k"}
     (home / "stack.json").write_text(json.dumps(stack | {"s3_secret_key": "s"}))
     env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}

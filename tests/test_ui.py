@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 
-from mnist_dense import browser
-from mnist_dense.services import free_port
-from mnist_dense.tracking import EXPERIMENT_TAGS
+from mnist_dense.store import EXPERIMENT_TAGS
 from tests.conftest import EXPERIMENTS, client_of
+from tooling import browser
+from tooling.processes import free_port
 
 NAMES = list(EXPERIMENTS)  # two DVC experiments, each an MLflow run named after it
 

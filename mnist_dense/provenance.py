@@ -1,4 +1,5 @@
-"""Where a result came from: the code (git), the data and model (DVC's hashes), the environment.
+"""Where a result came from: the code (git), the data and model (DVC's hashes), the CPU and
+the libraries.
 
 Each MLflow run carries these as tags (mnist_dense/tracking.py) and `make reproduce` reads them
 back; verify-repro, the benchmark and the tests use the same helpers.
@@ -7,11 +8,8 @@ back; verify-repro, the benchmark and the tests use the same helpers.
 import hashlib
 import os
 import platform
-import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -20,7 +18,7 @@ from mnist_dense import kernels
 from mnist_dense.params import Params, as_override, flatten
 
 DVC_LOCK = Path("dvc.lock")
-REQUIREMENTS_LOCK = "requirements.lock"
+REQUIREMENTS = "requirements.txt"
 # CPU features that decide which oneDNN / Eigen kernels run, and so the last bits of a training
 BIT_DECIDING_FLAGS = (
     "sse4_2",
@@ -148,7 +146,7 @@ def environment(threads: int) -> dict[str, str]:
         "env.cpu_count": str(os.cpu_count()),
         "env.usable_cores": str(usable_cores()),
         "env.threads": str(threads or usable_cores()),
-        "env.requirements_lock_sha256": file_sha256(project_root() / REQUIREMENTS_LOCK) or "none",
+        "env.requirements_sha256": file_sha256(project_root() / REQUIREMENTS) or "none",
     }
 
 
@@ -158,40 +156,3 @@ def reproduce_command(params: Params) -> str:
     for key, value in flatten(params).items():
         overrides += ["-S", as_override(key, value)]
     return shlex.join(["dvc", "exp", "run", *overrides])
-
-
-def lock_python_version(lock_file: Path) -> str | None:
-    """The Python version a requirements.lock was compiled for (uv's `--python-version`)."""
-    try:
-        header = Path(lock_file).read_text()[:2000]
-    except OSError:
-        return None
-    found = re.search(r"--python-version[ =](\S+)", header)
-    return found.group(1) if found else None
-
-
-def tool(name: str) -> str:
-    """A command of this venv (dvc, mlflow) when it has one, else whatever PATH finds."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else name
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """os.environ without DVC's and MLflow's variables: a child process that is a project of its
-    own (a scratch copy, a worktree) must not log into, or resolve paths against, this one."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    return env | extra
-
-
-def project_files(root: Path) -> list[str]:
-    """The project's files as git sees them: tracked, or untracked and not ignored."""
-    listed = git("ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=root) or ""
-    return [name for name in listed.split("\0") if name and (root / name).is_file()]
-
-
-def copy_project(root: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
-    """Copy the project's files (project_files) into `dest`, leaving out names under `skip`."""
-    for name in project_files(root):
-        if not name.startswith(skip):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / name, dest / name)

@@ -1,73 +1,16 @@
-"""Servers run as plain processes on 127.0.0.1: a PostgreSQL cluster in a folder, and the
-helpers to start, wait for and stop any server process. The team stack (commands/team.py) and
-the tests (tests/servers.py) both use these.
-"""
+"""A PostgreSQL cluster in a folder, on 127.0.0.1, with password authentication: the team
+stack's database (commands/team.py) and the tests' throwaway ones (tests/servers.py)."""
 
 import glob
 import os
 import pwd
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-
-class ServiceError(Exception):
-    """A server that cannot be started or does not answer; the message names it."""
-
-
-def port_free(port: int) -> bool:
-    """Whether a server could listen on 127.0.0.1:`port` (as servers do, with SO_REUSEADDR:
-    connections of a stopped server in TIME_WAIT do not count)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(
-    ready: Callable[[], bool], what: str, timeout_s: float, alive: Callable[[], bool] | None = None
-) -> None:
-    """Poll `ready()` until true; ServiceError if `alive()` turns false or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if alive is not None and not alive():
-            raise ServiceError(f"{what} exited while starting")
-        if time.monotonic() > deadline:
-            raise ServiceError(f"{what} did not answer within {timeout_s:g} s")
-        time.sleep(0.3)
-
-
-def stop_group(pid: int, timeout_s: float = 30) -> None:
-    """SIGTERM the process group `pid` leads (its workers too); SIGKILL after `timeout_s`."""
-    with suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.killpg(pid, 0)  # raises once every member is gone
-            time.sleep(0.2)
-        os.killpg(pid, signal.SIGKILL)
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
+from tooling.processes import ServiceError, log_tail, wait_until
 
 
 def postgres_bin() -> Path | None:
@@ -173,32 +116,3 @@ class Postgres:
             if pid_file.exists():
                 with suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-
-
-def run_queue(dvc: str, jobs: int, cwd: Path, env: dict | None = None, timeout: float = 0) -> str:
-    """Run every queued DVC experiment on `jobs` workers and wait until none is queued or
-    running (at most `timeout` seconds, 0: no limit); stop the workers; the final
-    `dvc queue status`. Workers are started with their output in a file, never a pipe: they
-    inherit it, and a caller reading that pipe would wait as long as an idle worker stays up."""
-    folder = Path(cwd) / ".dvc" / "tmp"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "queue-start.log", "w+") as log:
-        started = subprocess.run(
-            [dvc, "queue", "start", "-j", str(jobs)], cwd=cwd, env=env, stdout=log, stderr=log
-        )
-        log.seek(0)
-        if started.returncode != 0:
-            raise ServiceError(f"dvc queue start failed: {log.read().strip()}")
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            status = subprocess.run(
-                [dvc, "queue", "status"], cwd=cwd, env=env, capture_output=True, text=True
-            ).stdout
-            if not re.search(r"\b(Queued|Running)\b", status):
-                return status
-            if timeout and time.monotonic() > deadline:
-                raise ServiceError(f"the DVC queue did not finish in {timeout:.0f} s")
-            time.sleep(2)
-    finally:
-        subprocess.run([dvc, "queue", "stop"], cwd=cwd, env=env, capture_output=True, timeout=120)

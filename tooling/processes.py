@@ -1,0 +1,97 @@
+"""Running other programs: commands with their output captured, servers on 127.0.0.1 started,
+waited for and stopped, and the environment a child project runs in."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+from mnist_dense.cli import PipelineError
+
+
+class CommandError(PipelineError):
+    """A command that failed: one line naming it, where it ran and how its output ended."""
+
+
+class ServiceError(Exception):
+    """A server that cannot be started or does not answer; the message names it."""
+
+
+def sh(
+    *args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a command, its stdout and stderr captured (as text); CommandError if it fails and
+    `check`."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        raise CommandError(f"`{' '.join(map(str, args))}` failed in {cwd}: {' / '.join(tail)}")
+    return result
+
+
+def tool(name: str) -> str:
+    """A command of this venv (dvc, mlflow) when it has one, else whatever PATH finds."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """os.environ without DVC's and MLflow's variables: a child process that is a project of its
+    own (a scratch copy, a worktree) must not log into, or resolve paths against, this one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    return env | extra
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` (as servers do, with SO_REUSEADDR:
+    connections of a stopped server in TIME_WAIT do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 no one listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(
+    ready: Callable[[], bool], what: str, timeout_s: float, alive: Callable[[], bool] | None = None
+) -> None:
+    """Poll `ready()` until true; ServiceError if `alive()` turns false or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if alive is not None and not alive():
+            raise ServiceError(f"{what} exited while starting")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} did not answer within {timeout_s:g} s")
+        time.sleep(0.3)
+
+
+def stop_group(pid: int, timeout_s: float = 30) -> None:
+    """SIGTERM the process group `pid` leads (its workers too); SIGKILL after `timeout_s`."""
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)  # raises once every member is gone
+            time.sleep(0.2)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"

@@ -1,0 +1,32 @@
+"""Copies of the project: what verify-repro, the benchmarks and the tests run in."""
+
+import shutil
+from pathlib import Path
+
+from mnist_dense.provenance import git
+
+
+def project_files(root: Path) -> list[str]:
+    """The project's files as git sees them: tracked, or untracked and not ignored."""
+    listed = git("ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=root) or ""
+    return [name for name in listed.split("\0") if name and (root / name).is_file()]
+
+
+def copy_project(root: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the project's files (project_files) into `dest`, leaving out names under `skip`."""
+    for name in project_files(root):
+        if not name.startswith(skip):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, dest / name)
+
+
+STAGES = ("preprocess", "train", "evaluate")  # what a re-run from scratch re-makes
+
+
+def rerun_from_scratch(folder: Path, env: dict) -> dict[str, str]:
+    """Re-run STAGES in a copy of the project, ignoring DVC's run-cache; its dvc.lock hashes."""
+    from mnist_dense.provenance import dvc_lock_outputs
+    from tooling.processes import sh
+
+    sh("dvc", "repro", "--force", "--no-run-cache", "--single-item", *STAGES, cwd=folder, env=env)
+    return dvc_lock_outputs(folder / "dvc.lock", STAGES)
