@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 LOCK := requirements.txt
 TEAM_LOCK := requirements-team.txt
-TEAM_TOOLS := .team/tools
+TEAM_TOOLS := .venv-team
 RUN_PATH := PATH="$(CURDIR)/$(BIN):$$PATH"
 # The tiers' markers are in pyproject.toml; tests/conftest.py marks each test by its fixtures.
 FAST := not slow and not services and not browser and not real_data
@@ -112,7 +112,7 @@ lock: $(STAMP) ## requirements.in -> requirements.txt, every package pinned with
 vendor-plots: $(STAMP) ## vega, vega-lite, vega-embed from npm into plots/template.html
 	$(BIN)/python -m commands.vendor_plots
 
-team-tools: $(TEAM_TOOLS)/.installed ## the team stack's SeaweedFS binary, in .team/tools
+team-tools: $(TEAM_TOOLS)/.installed ## the team stack's SeaweedFS binary, in .venv-team
 
 team-lock: $(STAMP) ## requirements-team.in -> requirements-team.txt
 	$(BIN)/uv pip compile requirements-team.in --quiet --generate-hashes \

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def load_model_from(source: str | Path):
 
     uri = store.connect()
     try:
-        return load_model(keras_file(str(source)))
+        with tempfile.TemporaryDirectory(prefix="mnist-model-") as folder:  # no copy left behind
+            return load_model(keras_file(str(source), Path(folder)))
     except Exception as error:  # MLflow raises several kinds for an unknown model or alias
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PipelineError(f"{source}: not a model in {uri} ({reason})") from None

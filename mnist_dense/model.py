@@ -53,7 +53,7 @@ def precision_policy(requested: str) -> str:
     variables and loss) only pays where the CPU has bfloat16 units; elsewhere TensorFlow
     emulates them, slower than float32, so training falls back to float32 with a warning
     (MNIST_BF16=force trains in bfloat16 anyway, as the tests do)."""
-    if requested == "float32" or BF16_UNITS & cpu_flags():  # bfloat16 needs kernels: native
+    if requested == "float32" or BF16_UNITS & set(cpu_flags()):  # bfloat16: kernels native
         return requested
     if os.environ.get("MNIST_BF16") == "force":
         return requested

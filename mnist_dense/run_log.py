@@ -23,8 +23,9 @@ from pathlib import Path
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_dense.files import atomic_path, write_json
+from mnist_dense.files import atomic_path, private_folder, write_private
 from mnist_dense.provenance import project_root
+from mnist_dense.store import masked
 
 PENDING_DIR = ".mlflow-pending"
 RETRY_S = 2.0
@@ -103,7 +104,7 @@ class RunLog:
             self._outage_reported = True
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else error
             print(
-                f"warning: MLflow store {self.uri} did not take run {self.run_id}'s log "
+                f"warning: MLflow store {masked(self.uri)} did not take run {self.run_id}'s log "
                 f"({reason}); training goes on, the log is sent when the store is back",
                 file=sys.stderr,
                 flush=True,
@@ -127,7 +128,7 @@ class RunLog:
             return True
         folder = save_pending(self.uri, self.run_id, unsent, self._files)
         print(
-            f"warning: MLflow store {self.uri} is unreachable; {describe(unsent)} of run "
+            f"warning: MLflow store {masked(self.uri)} is unreachable; {describe(unsent)} of run "
             f"{self.run_id} kept in {folder}; run `{SYNC_COMMAND}` when it is back",
             file=sys.stderr,
             flush=True,
@@ -235,15 +236,41 @@ def send(
 
 def save_pending(uri: str, run_id: str, records: list[dict], files: dict[str, bytes]) -> Path:
     """Write unsent records and the files they need to .mlflow-pending/<time>-<run id>/ (the
-    time orders two stages' logs of one run)."""
-    folder = pending_root() / f"{time.time_ns()}-{run_id}"
+    time orders two stages' logs of one run), only the owner's to read; the store's URI saved
+    without its password (sync-runs takes it from MLFLOW_TRACKING_URI again)."""
+    folder = private_folder(pending_root()) / f"{time.time_ns()}-{run_id}"
     with atomic_path(folder) as temp:
-        (temp / "files").mkdir(parents=True)
+        private_folder(temp / "files")
+        temp.chmod(0o700)
         for record in records:
             if "key" in record:
-                (temp / "files" / record["key"]).write_bytes(files[record["key"]])
-        write_json(temp / "records.json", {"uri": uri, "run_id": run_id, "records": records})
+                write_private_bytes(temp / "files" / record["key"], files[record["key"]])
+        saved = {"uri": masked(uri), "run_id": run_id, "records": records}
+        write_private(temp / "records.json", json.dumps(saved, indent=2) + "\n")
     return folder
+
+
+def write_private_bytes(path: Path, data: bytes) -> None:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(data)
+
+
+def unmasked(saved: str) -> str:
+    """A pending log's store URI with its password again, from MLFLOW_TRACKING_URI when that
+    names the same store; PendingError otherwise."""
+    if "***" not in saved:
+        return saved
+    current = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if masked(current) == saved:
+        return current
+    raise PendingError(
+        f"the log was made against {saved}; set MLFLOW_TRACKING_URI to that store, with its "
+        "password, to send it"
+    )
+
+
+class PendingError(Exception):
+    """A kept log that cannot be sent as things are (the message says what to change)."""
 
 
 def send_pending(folder: Path, senders: dict[str, Sender] = SENDERS) -> int:
@@ -253,14 +280,15 @@ def send_pending(folder: Path, senders: dict[str, Sender] = SENDERS) -> int:
     which are left, so a second call resumes there).
     """
     saved = json.loads((folder / "records.json").read_text())
-    client = MlflowClient(saved["uri"])
+    client = MlflowClient(unmasked(saved["uri"]))
     files = {path.name: path.read_bytes() for path in (folder / "files").iterdir()}
     records = saved["records"]
     for sent, record in enumerate(records):
         try:
             send(client, saved["run_id"], record, files, senders)
         except Exception:
-            write_json(folder / "records.json", saved | {"records": records[sent:]})
+            left = saved | {"records": records[sent:]}
+            write_private(folder / "records.json", json.dumps(left, indent=2) + "\n")
             raise
     shutil.rmtree(folder)
     return len(records)

@@ -27,6 +27,7 @@ from mlflow.types.schema import Array, ColSpec, Schema
 from mnist_dense.digit_image import DigitImageError, digit_from_bytes
 from mnist_dense.shape import PIXELS, SIDE
 
+MAX_IMAGE_CHARACTERS = 8 * 2**20  # base64 of a 6 MiB file: far more than a photo of one digit
 KERAS_ARTIFACT = "keras_model"
 KERNELS_ARTIFACT = "kernels"  # a file naming the kernel path (train.kernels) it computes on
 SIGNATURE = ModelSignature(
@@ -100,6 +101,11 @@ def _present(value: object) -> bool:
 def _row_pixels(row: dict, name: str) -> np.ndarray:
     image, pixels = row.get("image"), row.get("pixels")
     if _present(image):
+        if len(str(image)) > MAX_IMAGE_CHARACTERS:
+            raise DigitImageError(
+                f"{name}: image is {len(str(image)):,} characters of base64, over the limit of "
+                f"{MAX_IMAGE_CHARACTERS:,}; send a smaller file"
+            )
         try:
             data = base64.b64decode(str(image), validate=True)
         except (binascii.Error, ValueError):
@@ -160,11 +166,10 @@ def _version(distribution: str) -> str:
     return version(distribution)
 
 
-def keras_file(model_uri: str, dest: Path | None = None) -> Path:
+def keras_file(model_uri: str, dest: Path) -> Path:
     """The .keras file inside a logged or registered served model (`models:/name@alias`,
-    `runs:/id/model`, ...), downloaded into `dest` (a temporary folder by default)."""
-    folder = dest or Path(tempfile.mkdtemp(prefix="mnist-model-"))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder))
+    `runs:/id/model`, ...), downloaded into the folder `dest` (the caller's to remove)."""
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest))
     found = sorted(Path(local).rglob("*.keras"))
     if not found:
         raise FileNotFoundError(f"{model_uri} holds no .keras file")

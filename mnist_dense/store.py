@@ -93,7 +93,7 @@ def connect() -> str:
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise PipelineError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+                f"MLflow tracking server {masked(uri)} is unreachable ({reason}); start it, fix "
                 "MLFLOW_TRACKING_URI, or set tracking.enabled: false in params.yaml"
             ) from None
     mlflow.set_tracking_uri(uri)

@@ -59,7 +59,8 @@ def postgres() -> Iterator[str]:
             "/usr/lib/postgresql/*/bin (apt-get install postgresql; .ci/run does)"
         )
     folder = Path(tempfile.mkdtemp(prefix="test-postgres-"))  # not under pytest's root-only tmp
-    cluster = Postgres(folder / "cluster", free_port(), secrets.token_hex(12))
+    # a throwaway: fsync off, for this test alone (the team stack's keeps it on)
+    cluster = Postgres(folder / "cluster", free_port(), secrets.token_hex(12), durable=False)
     try:
         cluster.init()
         cluster.start(READY_TIMEOUT_S)

@@ -5,6 +5,7 @@ The stack lives in a folder of the test's own (MNIST_TEAM_HOME) on free ports of
 is stopped after the module, also when a test fails.
 """
 
+import base64
 import glob
 import json
 import os
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import boto3
@@ -26,9 +29,10 @@ import pandas as pd
 import psycopg
 import pytest
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from commands.team import PORTS
 from mnist_dense.provenance import file_md5
 from mnist_dense.registry import ALIAS, MODEL_NAME
 from tests.conftest import (
@@ -45,9 +49,10 @@ from tests.conftest import (
 )
 from tests.servers import gaps, train_with_outage
 from tooling import postgres
-from tooling.processes import free_port
+from tooling.postgres import Postgres
+from tooling.processes import command_line, start_time
 
-TOOLS = ROOT / ".team" / "tools"
+TOOLS = ROOT / ".venv-team"
 
 
 def team(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
@@ -77,7 +82,7 @@ def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, s
     stack, as a team has); yields the project, its environment after
     `eval "$(make -s team-env)"`, the stack's settings and team-up's output."""
     if not (TOOLS / "bin" / "weed").is_file():
-        pytest.skip("SeaweedFS is not installed in .team/tools (make team-tools; .ci/run does)")
+        pytest.skip("SeaweedFS is not installed in .venv-team (make team-tools; .ci/run does)")
     if postgres.postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
     source, env = built_project
@@ -94,7 +99,13 @@ def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, s
         yield folder, env, json.loads((home / "stack.json").read_text()), started.stdout
     finally:
         team("down", env=env, cwd=folder)
-        shutil.rmtree(home, ignore_errors=True)
+        remove_stack(home)
+
+
+def remove_stack(home: Path) -> None:
+    """The stack's folder and, as root, its PostgreSQL cluster's beside it."""
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(home.parent / f"{home.name}-postgres", ignore_errors=True)
 
 
 def test_team_up_prints_one_line_per_server_and_is_idempotent(stack):
@@ -114,6 +125,112 @@ def test_team_up_prints_one_line_per_server_and_is_idempotent(stack):
     committed = sh("git", "ls-files", cwd=folder).stdout
     assert ".dvc/config.local" not in committed and ".team" not in committed
     assert settings["s3_secret_key"] not in (folder / ".dvc" / "config").read_text()
+
+
+SECRETS = ("postgres_password", "s3_secret_key", "weed_jwt_key", "weed_filer_jwt_key")
+SECRETS += ("mlflow_admin_password", "mlflow_team_password", "mlflow_secret_key")
+
+
+def command_lines() -> list[str]:
+    """Every process's command line, as `ps -eo args` shows it to any user."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
+
+
+def test_no_secret_of_the_stack_is_on_any_command_line(stack):
+    _, env, settings, _ = stack
+    home = env["MNIST_TEAM_HOME"]
+    lines = command_lines()
+    assert any("weed" in line and home in line for line in lines)  # the stack is running
+    assert any("mlflow" in line and "basic-auth" in line for line in lines)
+    leaking = [line for line in lines if any(settings[name] in line for name in SECRETS)]
+    assert leaking == []
+
+
+def test_every_file_of_the_stack_is_its_owners_alone(stack):
+    _, env, _, _ = stack
+    home = Path(env["MNIST_TEAM_HOME"])
+    assert home.stat().st_mode & 0o777 == 0o700
+    loose = []
+    for path in home.rglob("*"):
+        mode = path.lstat().st_mode
+        allowed = 0o700 if path.is_dir() or path.is_socket() else 0o600
+        if mode & 0o777 & ~allowed:
+            loose.append(f"{path}: {mode & 0o777:o}")
+    assert loose == []
+    assert {"stack.json", "s3.json", "mlflow-auth.ini"} <= {p.name for p in home.iterdir()}
+
+
+@contextmanager
+def as_user(username: str, password: str) -> Iterator[None]:
+    """MLflow clients in this process authenticate as `username` for the block."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(dict(zip(keys, (username, password), strict=True)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+
+
+def test_the_tracking_server_refuses_whoever_does_not_say_who_they_are(stack):
+    _, env, settings, _ = stack
+    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    token = base64.b64encode(f"team:{settings['mlflow_team_password']}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answered:
+        assert answered.status == 200
+
+
+def test_a_user_without_the_permission_cannot_move_the_champion(stack):
+    _, env, settings, _ = stack
+    uri = env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    with as_user("team", settings["mlflow_team_password"]):
+        run = client.create_run(client.get_experiment_by_name("e2e").experiment_id)
+        client.create_registered_model("permission-check")
+        first = client.create_model_version("permission-check", "s3://x/1", run.info.run_id)
+        second = client.create_model_version("permission-check", "s3://x/2", run.info.run_id)
+        client.set_registered_model_alias("permission-check", "champion", first.version)
+    with as_user("admin", settings["mlflow_admin_password"]):
+        from mlflow.server.auth.client import AuthServiceClient
+
+        AuthServiceClient(uri).create_user("viewer", "viewer-" + settings["mlflow_secret_key"])
+    with as_user("viewer", "viewer-" + settings["mlflow_secret_key"]):
+        assert client.get_registered_model("permission-check").name  # reading: allowed
+        with pytest.raises(MlflowException, match="403"):
+            client.set_registered_model_alias("permission-check", "champion", second.version)
+    with as_user("team", settings["mlflow_team_password"]):
+        champion = client.get_model_version_by_alias("permission-check", "champion")
+    assert champion.version == first.version
+
+
+def test_the_teams_database_writes_to_disk_fsync_on(stack):
+    _, env, settings, _ = stack
+    home = Path(env["MNIST_TEAM_HOME"])
+    cluster = home.parent / f"{home.name}-postgres" if os.getuid() == 0 else home / "postgres"
+    database = Postgres(cluster, settings["ports"]["postgres"], settings["postgres_password"])
+    assert database.setting("fsync") == "on"
+    assert database.setting("synchronous_commit") == "on"
+
+
+def test_nothing_the_stack_starts_reports_home_or_opens_more_than_it_needs(stack):
+    _, env, _, _ = stack
+    home = Path(env["MNIST_TEAM_HOME"])
+    mlflow_pid = int((home / "mlflow.pid").read_text().split()[0])
+    environ = Path(f"/proc/{mlflow_pid}/environ").read_bytes().split(b"\0")
+    assert b"MLFLOW_DISABLE_TELEMETRY=true" in environ
+    weed = " ".join(command_line(int((home / "s3.pid").read_text().split()[0])))
+    for flag in ("-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0"):
+        assert flag in weed
+    assert (home / "weed-filer.sock").is_socket() and (home / "weed-s3.sock").is_socket()
 
 
 def objects(env: dict, bucket: str) -> list[str]:
@@ -369,6 +486,58 @@ def test_the_mlflow_server_restarted_mid_training_loses_nothing(stack, tmp_path)
     assert [m.step for m in history] == list(range(1, epochs_planned + 1))
 
 
+class KilledDatabase:
+    """The stack's PostgreSQL killed (SIGKILL, as a crash) and started again, as
+    train_with_outage wants it; what the tracking server had acknowledged at the kill."""
+
+    def __init__(self, folder: Path, env: dict, settings: dict) -> None:
+        self.folder, self.env, self.settings = folder, env, settings
+        self.uri, self.back_at = env["MLFLOW_TRACKING_URI"], None
+        self.acknowledged: list[int] = []
+
+    def database(self) -> Postgres:
+        home = Path(self.env["MNIST_TEAM_HOME"])
+        cluster = home.parent / f"{home.name}-postgres" if os.getuid() == 0 else home / "postgres"
+        return Postgres(
+            cluster, self.settings["ports"]["postgres"], self.settings["postgres_password"]
+        )
+
+    def stop(self) -> None:
+        client = MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        (run,) = client.search_runs([experiment], order_by=["start_time DESC"], max_results=1)
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        self.acknowledged = [metric.step for metric in history]
+        os.kill(self.database().postmaster(), signal.SIGKILL)
+
+    def start(self) -> None:
+        assert team("up", env=self.env, cwd=self.folder).returncode == 0  # crash recovery
+        self.back_at = time.monotonic()
+
+
+def test_a_killed_database_loses_no_epoch_the_server_acknowledged(stack, tmp_path):
+    folder, env, settings, _ = stack
+    write_mnist(tmp_path / "data" / "raw", train_count=10000, test_count=200)
+    epochs_planned = 12
+    write_params(
+        tmp_path,
+        train={"hidden_units": [512, 512], "epochs": epochs_planned},
+        tracking={"enabled": True},
+    )
+    assert python_module("stages.preprocess", cwd=tmp_path, env=env).returncode == 0
+    database = KilledDatabase(folder, env, settings)
+    process, stderr, _ = train_with_outage(
+        tmp_path, database, restart_after=3, wait_s="120", env=env
+    )
+    assert process.returncode == 0, stderr
+    assert database.acknowledged, "nothing had reached the store before the kill"
+    run_id = json.loads((tmp_path / "metrics" / "run.json").read_text())["mlflow_run_id"]
+    history = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_metric_history(run_id, "val_accuracy")
+    steps = [metric.step for metric in history]
+    assert set(database.acknowledged) <= set(steps)  # none of what was acknowledged is lost
+    assert sorted(steps) == list(range(1, epochs_planned + 1))  # and the rest arrived after
+
+
 def test_data_survives_a_down_up_cycle(stack):
     folder, env, _, _ = stack
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -380,25 +549,57 @@ def test_data_survives_a_down_up_cycle(stack):
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in objects(env, "mlflow"))
 
 
-def test_a_port_in_use_or_a_missing_binary_is_one_line_and_leaves_nothing_running(project):
+def test_a_team_up_predict_team_down_cycle_leaves_tmp_as_it_was(stack, tmp_path):
+    folder, env, _, _ = stack
+    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
+    ink = np.load(folder / "data" / "processed" / "x_test.npy", allow_pickle=False)[0]
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.round(255 * (1 - ink.reshape(28, 28))).astype(np.uint8)).save(digit)
+    before = set(os.listdir(tempfile.gettempdir()))
+    try:
+        assert team("down", env=env, cwd=folder).returncode == 0
+        assert team("up", env=env, cwd=folder).returncode == 0
+        predicted = python_module("commands.predict", str(digit), cwd=folder, env=env)
+        assert predicted.returncode == 0, predicted.stderr
+        assert f"model: models:/{MODEL_NAME}@{ALIAS} (version " in predicted.stderr
+        assert team("down", env=env, cwd=folder).returncode == 0
+    finally:
+        assert team("up", env=env, cwd=folder).returncode == 0  # for the module's other tests
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+
+
+@pytest.fixture
+def fresh_home(project) -> Iterator[tuple[Path, dict, Path]]:
+    """A stack folder of the test's own with no server running yet; the project, its
+    environment pointed at that folder, and the folder. Whatever is left is stopped after."""
     folder, env = project
     home = Path(tempfile.mkdtemp(prefix="team-"))
+    env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}
+    try:
+        yield folder, env, home
+    finally:
+        team("down", env=env, cwd=folder)
+        remove_stack(home)
+
+
+def test_a_port_in_use_or_a_missing_binary_is_one_line_and_leaves_nothing_running(fresh_home):
+    folder, env, home = fresh_home
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
-    ports = {name: free_port() for name in PORTS} | {"postgres": port}
-    stack = {"ports": ports, "postgres_password": "x" * 16, "s3_access_key": "k"}
-    (home / "stack.json").write_text(json.dumps(stack | {"s3_secret_key": "s"}))
-    env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}
+    assert team("env", env=env, cwd=folder).returncode == 0  # the settings, made on first use
+    stack = json.loads((home / "stack.json").read_text())
+    stack["ports"]["postgres"] = port
+    (home / "stack.json").write_text(json.dumps(stack))
     try:
         result = team("up", env=env, cwd=folder)
     finally:
         blocker.close()
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: PostgreSQL: port {port} on 127.0.0.1 is in use by another program; nothing left "
-        f"running (logs: {home / 's3.log'}, {home / 'mlflow.log'})"
+        f"error: PostgreSQL: port {port} on 127.0.0.1 is in use by another program; none "
+        f"started (logs: {home / 's3.log'}, {home / 'mlflow.log'})"
     ]
     assert not list(home.glob("*.pid"))
     missing = team("up", env=env | {"MNIST_TEAM_TOOLS": str(home / "nowhere")}, cwd=folder)
@@ -406,4 +607,83 @@ def test_a_port_in_use_or_a_missing_binary_is_one_line_and_leaves_nothing_runnin
     assert missing.stderr.strip().startswith(
         f"error: SeaweedFS: {home / 'nowhere' / 'bin' / 'weed'} is missing"
     )
-    shutil.rmtree(home, ignore_errors=True)
+
+
+def silent_weed(folder: Path) -> Path:
+    """A stand-in for SeaweedFS's binary that starts and never answers (its tools folder)."""
+    binary = folder / "bin" / "weed"
+    binary.parent.mkdir(parents=True)
+    binary.write_text('#!/bin/bash\nexec -a "$0" sleep 600\n')  # its command line: .../weed
+    binary.chmod(0o755)
+    return folder
+
+
+def stack_processes(*folders: Path) -> list[str]:
+    """Command lines of the processes running out of these folders (or of the cluster's)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if any(str(folder) in line for folder in folders):
+                found.append(line)
+    return found
+
+
+def test_a_server_that_never_answers_is_stopped_with_everything_before_it(fresh_home, tmp_path):
+    folder, env, home = fresh_home
+    tools = silent_weed(tmp_path / "tools")
+    env |= {"MNIST_TEAM_TOOLS": str(tools), "MNIST_TEAM_START_TIMEOUT_S": "8"}
+    result = team("up", env=env, cwd=folder)
+    assert result.returncode == 1
+    s3 = f"http://127.0.0.1:{json.loads((home / 'stack.json').read_text())['ports']['s3']}"
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: SeaweedFS S3 on {s3} did not answer within 8 s; stopped what it started: "
+        "postgres, s3"
+    ), line
+    assert stack_processes(home, tools) == []  # the silent server and PostgreSQL alike
+
+
+def test_ctrl_c_during_team_up_stops_what_it_started(fresh_home, tmp_path):
+    folder, env, home = fresh_home
+    tools = silent_weed(tmp_path / "tools")
+    env |= {"MNIST_TEAM_TOOLS": str(tools)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "commands.team", "up"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (home / "s3.pid").exists():  # PostgreSQL up, SeaweedFS starting
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: interrupted; stopped what it started: postgres, s3")
+    )
+    assert stack_processes(home, tools) == []
+
+
+def test_team_down_leaves_alone_a_process_that_took_a_servers_pid(fresh_home):
+    folder, env, home = fresh_home
+    assert team("env", env=env, cwd=folder).returncode == 0
+    stranger = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        for recorded in ("1", start_time(stranger.pid)):  # a reboot since; or not weed at all
+            (home / "s3.pid").write_text(f"{stranger.pid} {recorded}\n")
+            result = team("down", env=env, cwd=folder)
+            assert result.returncode == 0, result.stderr
+            assert "s3: not running (its pid file names no weed started here; left alone)" in (
+                result.stdout
+            )
+            assert stranger.poll() is None  # still alive
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -191,10 +191,8 @@ def _trials_or_none(storage: str, name: str) -> list:
 
 def test_two_workers_share_one_study_in_postgresql(searchable, postgres):
     folder, env = searchable
-    workers = [
-        tune(folder, env, "--trials", "2", "--study", "shared", "--storage", postgres)
-        for _ in range(2)
-    ]
+    env = env | {"MNIST_TUNE_STORAGE": postgres}  # its password: never on a command line
+    workers = [tune(folder, env, "--trials", "2", "--study", "shared") for _ in range(2)]
     for worker in workers:
         finish(worker)
     trials = optuna.load_study(study_name="shared", storage=postgres).trials

@@ -1,10 +1,11 @@
 """Headless Chromium for the UI screenshots and the browser tests: Debian's `chromium` driven
 through its `chromium-driver` with Selenium, nothing downloaded.
 
-The flags are those a machine without a network (and without a screen) needs: no sandbox when
-run as root, no GPU, and none of Chromium's background connections.
+The flags are those a machine without a network (and without a screen) needs: no GPU and none of
+Chromium's background connections; its sandbox stays on, unless we are root, where it cannot run.
 """
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 DRIVER = ("chromedriver", "chromium-driver")
 FLAGS = [
     "--headless=new",
-    "--no-sandbox",
+    *(["--no-sandbox"] if os.geteuid() == 0 else []),  # Chromium's sandbox refuses root alone
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--disable-background-networking",

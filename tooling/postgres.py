@@ -4,13 +4,14 @@ stack's database (commands/team.py) and the tests' throwaway ones (tests/servers
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
 from contextlib import suppress
 from pathlib import Path
 
-from tooling.processes import ServiceError, log_tail, wait_until
+from tooling.processes import ServiceError, command_line, log_tail, wait_until
 
 
 def postgres_bin() -> Path | None:
@@ -35,9 +36,13 @@ def unprivileged_user() -> str:
 
 class Postgres:
     """A PostgreSQL cluster in `folder`, on 127.0.0.1:`port`, user `mlflow` with a password
-    (scram-sha-256; no `trust`), its socket in the folder too."""
+    (scram-sha-256; no `trust`), its socket in the folder too, only its owner's.
 
-    def __init__(self, folder: Path, port: int, password: str) -> None:
+    `durable=False` turns fsync off: for a throwaway cluster a test makes and deletes, never
+    for data anyone keeps (a power cut or a kernel crash could corrupt it beyond repair).
+    """
+
+    def __init__(self, folder: Path, port: int, password: str, durable: bool = True) -> None:
         self.binaries = postgres_bin()
         if self.binaries is None:
             raise ServiceError(
@@ -45,6 +50,7 @@ class Postgres:
                 "/usr/lib/postgresql/*/bin (apt-get install postgresql)"
             )
         self.folder, self.port, self.password = Path(folder), port, password
+        self.durable = durable
         self.data, self.log = self.folder / "data", self.folder / "postgres.log"
         self.prefix: list[str] = []
         if os.getuid() == 0:
@@ -75,16 +81,19 @@ class Postgres:
         return (self.data / "PG_VERSION").is_file()
 
     def init(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        secret = self.folder / "password"
-        secret.write_text(self.password + "\n")
-        secret.chmod(0o600)
-        self._own_folder()
-        made = self._run(
-            "initdb", "-D", str(self.data), "-U", "mlflow", "--auth=scram-sha-256",
-            f"--pwfile={secret}", "-E", "UTF8", "--no-sync",
-        )  # fmt: skip
-        secret.unlink()
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secret = self.folder / "password"  # initdb reads the password from a file, not argv
+        descriptor = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(descriptor, "w") as stream:
+                stream.write(self.password + "\n")
+            self._own_folder()
+            made = self._run(
+                "initdb", "-D", str(self.data), "-U", "mlflow", "--auth=scram-sha-256",
+                f"--pwfile={secret}", "-E", "UTF8", *([] if self.durable else ["--no-sync"]),
+            )  # fmt: skip
+        finally:
+            secret.unlink(missing_ok=True)
         if made.returncode != 0:
             raise ServiceError(f"PostgreSQL: initdb failed ({made.stderr.strip()[-300:]})")
 
@@ -96,7 +105,11 @@ class Postgres:
         return self._client("pg_isready", "-q").returncode == 0
 
     def start(self, timeout_s: float = 60) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        # pg_ctl hands -o to a shell: every value quoted
+        options = ["-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.folder)]
+        options += ["-c", "unix_socket_permissions=0600"]
+        options += [] if self.durable else ["-c", "fsync=off"]
+        options = shlex.join(options)
         data, log = str(self.data), str(self.log)
         started = self._run("pg_ctl", "start", "-D", data, "-l", log, "-o", options, "-W")
         if started.returncode != 0:
@@ -110,9 +123,21 @@ class Postgres:
             if made.returncode != 0:
                 raise ServiceError(f"PostgreSQL: createdb {name} failed ({made.stderr.strip()})")
 
+    def setting(self, name: str) -> str:
+        """A server setting as PostgreSQL reports it (SHOW name)."""
+        return self._client("psql", "-d", "postgres", "-Atc", f"SHOW {name}").stdout.strip()
+
+    def postmaster(self) -> int | None:
+        """The server's pid, from its postmaster.pid, when that process is a postgres one."""
+        with suppress(OSError, ValueError, IndexError):
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+            if any("postgres" in part for part in command_line(pid)):
+                return pid
+        return None
+
     def stop(self) -> None:
         if self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w").returncode != 0:
-            pid_file = self.data / "postmaster.pid"  # pg_ctl could not stop it: kill it ourselves
-            if pid_file.exists():
-                with suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            pid = self.postmaster()  # pg_ctl could not stop it: kill it ourselves
+            if pid is not None:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

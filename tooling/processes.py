@@ -90,6 +90,48 @@ def stop_group(pid: int, timeout_s: float = 30) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat): with the pid,
+    what tells it from a later process that reused the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def spawn(command: list[str], log: Path, pid_file: Path, cwd: Path, env: dict) -> subprocess.Popen:
+    """Start a server in a session of its own (stopping the group stops its workers), its
+    output appended to `log`, its pid and start time in `pid_file`."""
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    pid_file.write_text(f"{process.pid} {start_time(process.pid)}\n")
+    return process
+
+
+def still_ours(pid_file: Path, program: str) -> int | None:
+    """The pid in `pid_file` when it is still the process spawn() started there: the same start
+    time and `program` in its command line. After a reboot the number may belong to anyone."""
+    try:
+        pid_text, started = pid_file.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if start_time(pid) != started or not any(program in part for part in command_line(pid)):
+        return None
+    return pid
+
+
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

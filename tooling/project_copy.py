@@ -24,9 +24,10 @@ STAGES = ("preprocess", "train", "evaluate")  # what a re-run from scratch re-ma
 
 
 def rerun_from_scratch(folder: Path, env: dict) -> dict[str, str]:
-    """Re-run STAGES in a copy of the project, ignoring DVC's run-cache; its dvc.lock hashes."""
+    """Re-run STAGES in a copy of the project, ignoring DVC's run-cache; the hash of every
+    output its dvc.lock then records (the raw data's too)."""
     from mnist_dense.provenance import dvc_lock_outputs
     from tooling.processes import sh
 
     sh("dvc", "repro", "--force", "--no-run-cache", "--single-item", *STAGES, cwd=folder, env=env)
-    return dvc_lock_outputs(folder / "dvc.lock", STAGES)
+    return dvc_lock_outputs(folder / "dvc.lock")

@@ -1,0 +1,41 @@
+"""SeaweedFS as the team's S3 object store: `weed server` with its master, volume and filer
+bound to 127.0.0.1, the S3 gateway behind access keys, writes to the volume and filer servers
+behind JWT signing keys, its sockets and logs in the stack's folder, no Iceberg or Lance
+servers, and no usage reports to its vendor."""
+
+import os
+from pathlib import Path
+
+# SeaweedFS would put each gRPC port at its HTTP port + 10000 unless told
+PORTS = ("s3", "master", "volume", "filer")
+GRPC_PORTS = tuple(f"{name}_grpc" for name in PORTS)
+
+
+def command(binary: Path, folder: Path, ports: dict[str, int], s3_config: Path) -> list[str]:
+    """`weed server` for the stack in `folder` (the data in folder/seaweedfs)."""
+    telemetry = "true" if os.environ.get("MNIST_TELEMETRY") == "1" else "false"
+    return [
+        str(binary), "-logtostderr",  # logs to its output (the stack's log), no files in /tmp
+        "server", f"-dir={folder / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}", "-filer", "-s3", f"-s3.port={ports['s3']}",
+        f"-s3.config={s3_config}", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+        *(f"-{name}.port.grpc={ports[name + '_grpc']}" for name in PORTS),
+        "-s3.port.iceberg=0", "-s3.port.lance=0",  # servers the stack has no use for
+        f"-master.telemetry={telemetry}",
+        f"-filer.localSocket={folder / 'weed-filer.sock'}",
+        f"-s3.localSocket={folder / 'weed-s3.sock'}",
+    ]  # fmt: skip
+
+
+def environment(jwt_key: str, filer_jwt_key: str) -> dict[str, str]:
+    """What `weed` reads from its environment rather than a command line: the signing keys
+    without which its volume and filer servers refuse writes."""
+    return {"WEED_JWT_SIGNING_KEY": jwt_key, "WEED_JWT_FILER_SIGNING_KEY": filer_jwt_key}
+
+
+def identities(access_key: str, secret_key: str) -> dict:
+    """The S3 gateway's one identity (its -s3.config): the team's keys, all actions."""
+    keys = {"accessKey": access_key, "secretKey": secret_key}
+    actions = ["Admin", "Read", "Write", "List", "Tagging"]
+    return {"identities": [{"name": "team", "credentials": [keys], "actions": actions}]}
