@@ -53,6 +53,10 @@ DATABASES = ("mlflow", "optuna")
 SERVERS = ("postgres", "s3", "mlflow")
 LABELS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "mlflow": "MLflow server"}
 PROGRAMS = {"s3": "weed", "mlflow": "mlflow"}  # what a live server's command line names
+# How long each may take to exit after SIGTERM before it is killed. SeaweedFS's filer waits
+# 15 s for its own S3 gateway's streams to close; it keeps nothing unwritten (its volumes
+# append, its store logs each change), so it gets 5 s. The MLflow server keeps no state.
+STOP_TIMEOUT_S = {"s3": 5, "mlflow": 10}
 PORTS = ("postgres", "mlflow", *seaweedfs.PORTS, *seaweedfs.GRPC_PORTS)
 START_TIMEOUT_S = float(os.environ.get("MNIST_TEAM_START_TIMEOUT_S", "180"))
 TOOLS = Path(__file__).resolve().parents[1] / ".venv-team"  # beside the code, not the data
@@ -178,8 +182,8 @@ def start_s3(stack: dict, started: Started) -> str:
             _check_port(f"SeaweedFS {name} gRPC", ports[f"{name}_grpc"])
         private_folder(home() / "seaweedfs")
         config = home() / "s3.json"
-        keys = seaweedfs.identities(stack["s3_access_key"], stack["s3_secret_key"])
-        write_private(config, json.dumps(keys, indent=2) + "\n")
+        identities = seaweedfs.identities(stack["s3_access_key"], stack["s3_secret_key"])
+        write_private(config, json.dumps(identities, indent=2) + "\n")
         command = seaweedfs.command(weed_binary(), home(), ports, config)
         env = os.environ | seaweedfs.environment(stack["weed_jwt_key"], stack["weed_filer_jwt_key"])
         process = started["s3"] = _spawn("s3", command, env)
@@ -281,7 +285,7 @@ def up() -> None:
             if process is None:
                 stop(name, stack)
             else:  # ours for certain, whatever its command line says
-                stop_group(process.pid)
+                stop_group(process.pid, STOP_TIMEOUT_S[name])
                 (home() / f"{name}.pid").unlink(missing_ok=True)
         stopped = f"stopped what it started: {', '.join(started)}" if started else "none started"
         logs = ", ".join(str(home() / f"{n}.log") for n in ("s3", "mlflow"))
@@ -321,13 +325,17 @@ def stop(name: str, stack: dict) -> str:
     pid_file = home() / f"{name}.pid"
     pid = _pid(name)
     if pid is not None:
-        stop_group(pid)
+        stop_group(pid, STOP_TIMEOUT_S[name])
         state = "stopped"
     elif pid_file.exists():  # a reboot since, say: the number may be anyone's now
         state = f"not running (its pid file names no {PROGRAMS[name]} started here; left alone)"
     else:
         state = "not running"
     pid_file.unlink(missing_ok=True)
+    if name == "s3" and pid is not None:
+        for socket_file in seaweedfs.grpc_sockets(stack["ports"]):
+            if socket_file.is_socket() and socket_file.stat().st_uid == os.getuid():
+                socket_file.unlink()
     return state
 
 

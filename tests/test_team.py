@@ -76,6 +76,19 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
     assert postgres.postgres_bin() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl
 
 
+@contextmanager
+def as_user(username: str, password: str) -> Iterator[None]:
+    """MLflow clients in this process authenticate as `username` for the block."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(dict(zip(keys, (username, password), strict=True)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+
+
 @pytest.fixture(scope="module")
 def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, str]]:
     """`make team-up` for a copy of the built project, shared by this module's tests (one
@@ -96,7 +109,10 @@ def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, s
         for line in exported.splitlines():
             key, value = line.removeprefix("export ").split("=", 1)
             env[key] = value.strip("'")
-        yield folder, env, json.loads((home / "stack.json").read_text()), started.stdout
+        settings = json.loads((home / "stack.json").read_text())
+        # this process's own MLflow clients talk to the stack as its team user, too
+        with as_user("team", settings["mlflow_team_password"]):
+            yield folder, env, settings, started.stdout
     finally:
         team("down", env=env, cwd=folder)
         remove_stack(home)
@@ -164,19 +180,6 @@ def test_every_file_of_the_stack_is_its_owners_alone(stack):
     assert {"stack.json", "s3.json", "mlflow-auth.ini"} <= {p.name for p in home.iterdir()}
 
 
-@contextmanager
-def as_user(username: str, password: str) -> Iterator[None]:
-    """MLflow clients in this process authenticate as `username` for the block."""
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    saved = {key: os.environ.get(key) for key in keys}
-    os.environ.update(dict(zip(keys, (username, password), strict=True)))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
-
-
 def test_the_tracking_server_refuses_whoever_does_not_say_who_they_are(stack):
     _, env, settings, _ = stack
     url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -231,6 +234,26 @@ def test_nothing_the_stack_starts_reports_home_or_opens_more_than_it_needs(stack
     for flag in ("-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0"):
         assert flag in weed
     assert (home / "weed-filer.sock").is_socket() and (home / "weed-s3.sock").is_socket()
+
+
+def status_of(method: str, url: str, data: bytes | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, method=method), timeout=10):
+            return 200
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_object_stores_own_servers_refuse_requests_without_its_keys(stack):
+    """Behind the S3 gateway's keys, its filer and volume servers ask for SeaweedFS's JWTs."""
+    _, _, settings, _ = stack
+    ports = settings["ports"]
+    filer = f"http://127.0.0.1:{ports['filer']}"
+    assert status_of("PUT", f"{filer}/planted.txt", b"planted") == 401
+    assert status_of("GET", f"{filer}/buckets/") == 401  # no listing, no reading
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['master']}/dir/assign") as assigned:
+        slot = json.load(assigned)
+    assert status_of("POST", f"http://{slot['url']}/{slot['fid']}", b"planted") == 401
 
 
 def objects(env: dict, bucket: str) -> list[str]:
@@ -420,12 +443,12 @@ def test_the_object_store_stopped_during_a_push_fails_clearly_and_a_retry_comple
         assert push.poll() is None, "the push ended before the object store received its data"
         assert time.monotonic() < deadline, "the object store received nothing in 2 minutes"
         time.sleep(0.01)
-    os.killpg(int((home / "s3.pid").read_text()), signal.SIGKILL)  # at once, mid-transfer
-    output = push.communicate(timeout=240)[0]
+    os.killpg(int((home / "s3.pid").read_text().split()[0]), signal.SIGKILL)  # mid-transfer
+    printed = push.communicate(timeout=240)[0]
     try:
-        assert push.returncode != 0, output
+        assert push.returncode != 0, printed
         # DVC's own error line: "failed to push", or the store's 500 when its volume went first
-        assert output.startswith("ERROR") or "\nERROR" in output, output
+        assert printed.startswith("ERROR") or "\nERROR" in printed, printed
     finally:
         assert team("up", env=env, cwd=folder).returncode == 0
     retried = output(sh(DVC, "push", "big.bin", cwd=folder, env=env))

@@ -85,9 +85,21 @@ def stop_group(pid: int, timeout_s: float = 30) -> None:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            os.killpg(pid, 0)  # raises once every member is gone
+            if not group_running(pid):
+                return
             time.sleep(0.2)
         os.killpg(pid, signal.SIGKILL)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a member of process group `pgid` still runs: exited members not yet reaped
+    (zombies, whose parent is gone) do not count."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":  # state, then ppid, then pgrp
+                return True
+    return False
 
 
 def start_time(pid: int) -> str | None:

@@ -1,7 +1,7 @@
 """SeaweedFS as the team's S3 object store: `weed server` with its master, volume and filer
-bound to 127.0.0.1, the S3 gateway behind access keys, writes to the volume and filer servers
-behind JWT signing keys, its sockets and logs in the stack's folder, no Iceberg or Lance
-servers, and no usage reports to its vendor."""
+bound to 127.0.0.1, the S3 gateway behind access keys, the volume and filer servers behind JWT
+signing keys, its logs and HTTP sockets in the stack's folder, no Iceberg or Lance servers,
+and no usage reports to its vendor."""
 
 import os
 from pathlib import Path
@@ -22,6 +22,8 @@ def command(binary: Path, folder: Path, ports: dict[str, int], s3_config: Path) 
         f"-s3.config={s3_config}", "-volume.max=0", "-master.volumeSizeLimitMB=64",
         *(f"-{name}.port.grpc={ports[name + '_grpc']}" for name in PORTS),
         "-s3.port.iceberg=0", "-s3.port.lance=0",  # servers the stack has no use for
+        "-volume.preStopSeconds=0",  # one machine: no cluster to hand its volumes over to
+        "-master.electionTimeout=2s",  # one master: its restart need not wait 10 s for peers
         f"-master.telemetry={telemetry}",
         f"-filer.localSocket={folder / 'weed-filer.sock'}",
         f"-s3.localSocket={folder / 'weed-s3.sock'}",
@@ -29,9 +31,23 @@ def command(binary: Path, folder: Path, ports: dict[str, int], s3_config: Path) 
 
 
 def environment(jwt_key: str, filer_jwt_key: str) -> dict[str, str]:
-    """What `weed` reads from its environment rather than a command line: the signing keys
-    without which its volume and filer servers refuse writes."""
-    return {"WEED_JWT_SIGNING_KEY": jwt_key, "WEED_JWT_FILER_SIGNING_KEY": filer_jwt_key}
+    """What `weed` reads from its environment rather than a command line (its security.toml
+    keys, WEED_-prefixed): the signing keys without which its volume server refuses writes and
+    its filer refuses reads and writes, and no directory listings from the filer. Reading a
+    chunk from the volume server still needs no key (SeaweedFS supports none with a filer)."""
+    return {
+        "WEED_JWT_SIGNING_KEY": jwt_key,
+        "WEED_JWT_FILER_SIGNING_KEY": filer_jwt_key,
+        "WEED_JWT_FILER_SIGNING_READ_KEY": filer_jwt_key,
+        "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
+    }
+
+
+def grpc_sockets(ports: dict[str, int]) -> list[Path]:
+    """Where `weed server` puts its gRPC Unix sockets: /tmp, with no flag to move them (its
+    HTTP ones go to the stack's folder). They are its owner's alone (umask 077); a server
+    killed before it closed them leaves them behind, so team-down removes them."""
+    return [Path(f"/tmp/seaweedfs-{name}-grpc-{ports[name + '_grpc']}.sock") for name in PORTS]
 
 
 def identities(access_key: str, secret_key: str) -> dict:

@@ -9,6 +9,7 @@ the session-signing key. The users live in an SQLite file in the stack's folder.
 import configparser
 import io
 import os
+import warnings
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -57,7 +58,9 @@ def command(mlflow: str, port: int) -> list[str]:
 
 def ensure_user(url: str, admin_password: str, username: str, password: str) -> None:
     """Create `username` unless the server has it (team-up runs again and again)."""
-    from mlflow.server.auth.client import AuthServiceClient
+    with warnings.catch_warnings():  # the auth client imports the server's app, which warns
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.client import AuthServiceClient
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
