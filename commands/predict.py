@@ -4,7 +4,8 @@
     python -m commands.predict --json digit.png          # machine-readable
     python -m commands.predict scans/                # every image in a folder -> predictions.csv
 
-Each image goes through MNIST's own preparation (mnist_dense/digit_image.py). A file that
+Each image goes through MNIST's own preparation (mnist_dense/digit_image.py), normalized as
+the model's training data was (mnist_dense/normalize.py). A file that
 cannot be read, or holds no digit, is reported on stderr and skipped; the rest are still
 predicted, and the exit code is 1 when any file failed.
 """
@@ -14,6 +15,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import pandas as pd
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.digit_image import MAX_PIXELS, DigitImageError, load_digit
 from mnist_dense.files import write_text
+from mnist_dense.normalize import read_normalization
 from mnist_dense.paths import MODEL
 
 TOP = 3
@@ -59,18 +63,20 @@ def predict_files(
     model_source: str, files: list[Path], max_pixels: int = MAX_PIXELS
 ) -> list[Prediction]:
     """One Prediction per file, in order: the digit and the top 3, or why there is none."""
-    results, digits = [], []
-    for path in files:
-        try:
-            digits.append(load_digit(path, max_pixels))
-            results.append(Prediction(str(path)))
-        except DigitImageError as error:
-            results.append(Prediction(str(path), error=str(error)))
-    if not digits:
-        return results
-    from mnist_dense.model import predict  # TensorFlow loads only once there is work for it
+    with model_file(model_source) as keras_path:
+        how = read_normalization(keras_path)
+        results, digits = [], []
+        for path in files:
+            try:
+                digits.append(load_digit(path, max_pixels, how))
+                results.append(Prediction(str(path)))
+            except DigitImageError as error:
+                results.append(Prediction(str(path), error=str(error)))
+        if not digits:
+            return results
+        from mnist_dense.model import load_model, predict  # TensorFlow loads once there is work
 
-    model = load_model_from(model_source)
+        model = load_model(keras_path)
     probabilities = predict(model, np.stack(digits).reshape(len(digits), -1))
     good = (r for r in results if r.error is None)
     for result, p in zip(good, probabilities, strict=True):
@@ -80,26 +86,29 @@ def predict_files(
     return results
 
 
-def load_model_from(source: str | Path):
-    """A Keras model from a .keras file or an MLflow model URI (models:/name@alias, runs:/...)."""
-    from mnist_dense.model import load_model
-
+@contextmanager
+def model_file(source: str | Path) -> Iterator[Path]:
+    """The .keras file of a model: a local file, or for an MLflow model URI (models:/name@alias,
+    runs:/...) a download that is removed afterwards (no copy left behind)."""
     if "://" not in str(source) and not str(source).startswith(("models:", "runs:")):
         if not Path(source).is_file():
             raise PipelineError(
                 f"{source} does not exist; train it first (`make run`) or pass --model PATH"
             )
-        return load_model(Path(source))
+        yield Path(source)
+        return
     from mnist_dense import store
     from mnist_dense.served_model import keras_file
 
     uri = store.connect()
-    try:
-        with tempfile.TemporaryDirectory(prefix="mnist-model-") as folder:  # no copy left behind
-            return load_model(keras_file(str(source), Path(folder)))
-    except Exception as error:  # MLflow raises several kinds for an unknown model or alias
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PipelineError(f"{source}: not a model in {uri} ({reason})") from None
+    with tempfile.TemporaryDirectory(prefix="mnist-model-") as folder:
+        try:
+            path = keras_file(str(source), Path(folder))
+        except Exception as error:  # MLflow raises several kinds for an unknown model or alias
+            text = str(error).strip()
+            reason = text.splitlines()[0] if text else type(error).__name__
+            raise PipelineError(f"{source}: not a model in {uri} ({reason})") from None
+        yield path
 
 
 def default_model() -> tuple[str, str]:

@@ -10,7 +10,9 @@ mostly dark ink on light paper of some colour (some light on dark, some plain gr
 by blur, with sensor noise, saved as PNG, JPEG, BMP or GIF. It runs every file through
 `commands.predict` exactly as a user would and prints the share read correctly per writing
 style and per paper style. `--digits validation` draws from the validation digits instead,
-to choose settings on (the test digits only report).
+to choose settings on (the test digits only report): the raw training images that
+preprocess holds out, never its normalized arrays, so each model is scored on the same raw
+digits whatever preprocess does to them.
 
     python -m commands.real_use [--count 1400] [--out data/real-use] [--model PATH_OR_URI]
 """
@@ -24,10 +26,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from commands.predict import default_model, predict_files
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.files import atomic_path, load_arrays
-from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
+from mnist_dense.files import atomic_path
+from mnist_dense.params import load_params
+from mnist_dense.paths import RAW_DIR
 from mnist_dense.shape import SIDE
-from stages.preprocess import load_images_and_labels
+from stages.preprocess import load_images_and_labels, split_indices
 
 FORMATS = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "GIF": "gif"}
 MARKER = ".real-use"  # marks a folder real_use made, the only kind it replaces
@@ -124,11 +127,12 @@ def redraw(written: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
 
 
 def digits_from(source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 28x28 digits, labels) of the test set (raw files) or the validation set."""
+    """(uint8 28x28 digits, labels) of the test set or the validation set (params.yaml's
+    split of the training images), from the raw files."""
     if source == "validation":
-        arrays = load_arrays(PROCESSED_DIR, ["x_val", "y_val"])
-        images = np.round(arrays["x_val"] * 255).astype(np.uint8).reshape(-1, SIDE, SIDE)
-        return images, arrays["y_val"]
+        images, labels = load_images_and_labels(RAW_DIR, "train")
+        _, val_idx = split_indices(labels, load_params().preprocess)
+        return images[val_idx], labels[val_idx]
     return load_images_and_labels(RAW_DIR, "t10k")
 
 

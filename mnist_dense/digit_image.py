@@ -5,7 +5,8 @@ pasting it into a 28x28 field with its centre of mass at the centre, light ink o
 A model trained on MNIST has only ever seen digits like that, so every image gets the
 same treatment here: grayscale; ink measured as the distance from the background's level
 (which inverts dark ink on light paper and copes with coloured paper); crop to the digit's
-bounding box; longer side scaled to 20 pixels; centred by centre of mass; values in [0, 1].
+bounding box; longer side scaled to 20 pixels; centred by centre of mass; values in [0, 1];
+then the normalization the model was trained with (mnist_dense/normalize.py), if any.
 """
 
 import io
@@ -15,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from mnist_dense.normalize import AS_DRAWN, Normalization, normalize
 from mnist_dense.shape import SIDE as FIELD
 
 FORMATS = ["PNG", "JPEG", "BMP", "GIF"]
@@ -100,8 +102,8 @@ def centre_of_mass(values: np.ndarray) -> tuple[float, float]:
     return float((rows * values).sum() / values.sum()), float((cols * values).sum() / values.sum())
 
 
-def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
-    """A grayscale image in [0, 1] -> the 28x28 float32 MNIST-style digit."""
+def to_mnist(gray: np.ndarray, name: str = "image", how: Normalization = AS_DRAWN) -> np.ndarray:
+    """A grayscale image in [0, 1] -> the 28x28 float32 MNIST-style digit, normalized."""
     border = _border(gray)
     background = float(np.median(border))
     ink = np.abs(gray - background)
@@ -136,16 +138,20 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
     top = min(max(round(middle - centre_y), 0), FIELD - h)
     left = min(max(round(middle - centre_x), 0), FIELD - w)
     field[top : top + h, left : left + w] = small
-    return field
+    return normalize(field.reshape(1, -1), how).reshape(FIELD, FIELD)
 
 
-def load_digit(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_digit(
+    path: Path, max_pixels: int = MAX_PIXELS, how: Normalization = AS_DRAWN
+) -> np.ndarray:
     """An image file -> its 28x28 float32 MNIST-style digit, or DigitImageError."""
-    return to_mnist(read_grayscale(path, max_pixels), str(path))
+    return to_mnist(read_grayscale(path, max_pixels), str(path), how)
 
 
-def digit_from_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def digit_from_bytes(
+    data: bytes, name: str, max_pixels: int = MAX_PIXELS, how: Normalization = AS_DRAWN
+) -> np.ndarray:
     """An image file's bytes -> its 28x28 float32 MNIST-style digit, or DigitImageError."""
     if not data:
         raise DigitImageError(f"{name}: empty file")
-    return to_mnist(decode_grayscale(io.BytesIO(data), name, max_pixels), name)
+    return to_mnist(decode_grayscale(io.BytesIO(data), name, max_pixels), name, how)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from mnist_dense.files import atomic_path
 from mnist_dense.kernels import cpu_flags
+from mnist_dense.normalize import AS_DRAWN, METADATA_KEY, Normalization
 from mnist_dense.params import TrainParams
 from mnist_dense.shape import CLASSES, PIXELS
 
@@ -156,12 +157,14 @@ def make_loss(params: TrainParams) -> keras.losses.Loss:
     return OneHotCrossentropy(params.label_smoothing)
 
 
-def save_model(model: keras.Model, path: Path) -> None:
+def save_model(model: keras.Model, path: Path, how: Normalization = AS_DRAWN) -> None:
     """Save as .keras with reproducible bytes: the same weights give the same file.
 
     Keras stamps the save time into metadata.json and the zip entries, and numbers shared
     objects in config.json by their memory address; here the times are dropped and the
     numbers made sequential, so DVC's hash of the model changes only when the model does.
+    The metadata records the normalization the model was trained with, for predict to apply
+    (mnist_dense/normalize.py: read_normalization).
     """
     with atomic_path(Path(path)) as temp:
         model.save(temp)
@@ -172,6 +175,7 @@ def save_model(model: keras.Model, path: Path) -> None:
                 if info.filename == "metadata.json":
                     metadata = json.loads(data)
                     metadata.pop("date_saved", None)
+                    metadata[METADATA_KEY] = how._asdict()
                     data = json.dumps(metadata).encode()
                 elif info.filename == "config.json":
                     data = json.dumps(_number_shared_objects(json.loads(data), {})).encode()

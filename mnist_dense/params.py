@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mnist_dense.cli import PipelineError
+from mnist_dense.normalize import Normalization
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -53,6 +54,12 @@ class PreprocessParams(_Section):
     val_fraction: float = Field(gt=0, lt=1)
     split: Literal["stratified", "tail"]
     seed: int = Field(ge=0)
+    deskew: bool
+    stroke_width: float = Field(ge=0, le=6)
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(self.deskew, self.stroke_width)
 
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]  # Keras' names (keras.optimizers.get)

@@ -3,7 +3,8 @@
 A client sends what it has, one row per digit:
 - `image`: the base64 of an image file's bytes (PNG, JPEG, BMP, GIF), prepared exactly as
   `make predict` prepares a file (mnist_dense/digit_image.py, bundled with the model), or
-- `pixels`: 784 values in [0, 1], a flattened 28x28 MNIST digit, light ink on black.
+- `pixels`: 784 values in [0, 1], a flattened 28x28 MNIST digit, light ink on black;
+either normalized as the model's training data was (mnist_dense/normalize.py).
 Each row gets `digit`, its `probability`, all ten `probabilities`, and `error`: null, or why
 that row could not be read (a bad image fails its own row, not the batch).
 
@@ -24,7 +25,8 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Schema
 
-from mnist_dense.digit_image import DigitImageError, digit_from_bytes
+from mnist_dense.digit_image import MAX_PIXELS, DigitImageError, digit_from_bytes
+from mnist_dense.normalize import AS_DRAWN, Normalization, normalize, read_normalization
 from mnist_dense.shape import PIXELS, SIDE
 
 MAX_IMAGE_CHARACTERS = 8 * 2**20  # base64 of a 6 MiB file: far more than a photo of one digit
@@ -60,12 +62,13 @@ class DigitReader(PythonModel):
         kernels.select(mode, strict=False)
         from mnist_dense.model import load_model
 
-        self.model = load_model(Path(context.artifacts[KERAS_ARTIFACT]))
+        path = Path(context.artifacts[KERAS_ARTIFACT])
+        self.model, self.normalization = load_model(path), read_normalization(path)
 
     def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None):
         from mnist_dense.model import predict
 
-        digits, errors = read_rows(model_input)
+        digits, errors = read_rows(model_input, self.normalization)
         rows = [
             {"digit": None, "probability": None, "probabilities": None, "error": e} for e in errors
         ]
@@ -80,13 +83,15 @@ class DigitReader(PythonModel):
         return pd.DataFrame(rows, columns=columns, dtype=object)  # None stays null in JSON
 
 
-def read_rows(table: pd.DataFrame) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Each row's 784 pixels, or why there are none."""
+def read_rows(
+    table: pd.DataFrame, how: Normalization = AS_DRAWN
+) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Each row's 784 pixels, normalized as `how` says, or why there are none."""
     digits: list[np.ndarray | None] = []
     errors: list[str | None] = []
     for number, row in enumerate(table.to_dict("records")):
         try:
-            digits.append(_row_pixels(row, f"row {number}"))
+            digits.append(_row_pixels(row, f"row {number}", how))
             errors.append(None)
         except DigitImageError as error:
             digits.append(None)
@@ -98,7 +103,7 @@ def _present(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
-def _row_pixels(row: dict, name: str) -> np.ndarray:
+def _row_pixels(row: dict, name: str, how: Normalization) -> np.ndarray:
     image, pixels = row.get("image"), row.get("pixels")
     if _present(image):
         if len(str(image)) > MAX_IMAGE_CHARACTERS:
@@ -110,12 +115,12 @@ def _row_pixels(row: dict, name: str) -> np.ndarray:
             data = base64.b64decode(str(image), validate=True)
         except (binascii.Error, ValueError):
             raise DigitImageError(f"{name}: image is not base64 of an image file") from None
-        return digit_from_bytes(data, name).reshape(PIXELS)
+        return digit_from_bytes(data, name, MAX_PIXELS, how).reshape(PIXELS)
     if _present(pixels):
         values = np.asarray(pixels, dtype=np.float32).reshape(-1)
         if values.size != PIXELS or not np.all((values >= 0) & (values <= 1)):
             raise DigitImageError(f"{name}: pixels must be {PIXELS} values in [0, 1]")
-        return values
+        return normalize(values[None], how)[0]
     raise DigitImageError(f"{name}: neither image nor pixels given")
 
 

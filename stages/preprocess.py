@@ -3,7 +3,8 @@
 Pixels become float32 in [0, 1], flattened to 784. A validation set is split off the
 60,000 training images, either stratified by class (seeded) or, to mirror Keras'
 `validation_split`, as the last images in file order. Labels stay integers 0-9 (uint8);
-the train stage encodes them as its loss needs.
+the train stage encodes them as its loss needs. Optionally every image is deskewed and its
+pen width normalized (mnist_dense/normalize.py, the same function predict applies).
 """
 
 import math
@@ -15,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import save_arrays
 from mnist_dense.idx import read_idx
+from mnist_dense.normalize import normalize
 from mnist_dense.params import PreprocessParams, load_params
 from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
 from mnist_dense.shape import CLASSES, SIDE
@@ -64,12 +66,13 @@ def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
     images, labels = load_images_and_labels(RAW_DIR, "train")
     test_images, test_labels = load_images_and_labels(RAW_DIR, "t10k")
     train_idx, val_idx = split_indices(labels, params)
+    how = params.normalization
     arrays = {
-        "x_train": scale(images[train_idx]),
+        "x_train": normalize(scale(images[train_idx]), how),
         "y_train": labels[train_idx],
-        "x_val": scale(images[val_idx]),
+        "x_val": normalize(scale(images[val_idx]), how),
         "y_val": labels[val_idx],
-        "x_test": scale(test_images),
+        "x_test": normalize(scale(test_images), how),
         "y_test": test_labels,
     }
     save_arrays(PROCESSED_DIR, arrays)

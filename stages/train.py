@@ -121,7 +121,7 @@ def _train(params: Params) -> keras.Model:
         started = time.perf_counter()
         model, history = fit(params, arrays, on_epoch_end, precision)
         seconds = time.perf_counter() - started
-        save_model(model, MODEL)
+        save_model(model, MODEL, params.preprocess.normalization)
         write_bytes(CURVES_PNG, png_bytes(training_curves(history)))
         final = history.iloc[-1]  # the training set's figures stay in history.csv and MLflow
         write_json(TRAIN_METRICS, {name: float(final[name]) for name in VALIDATION})

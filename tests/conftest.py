@@ -50,7 +50,13 @@ FILES = {
     "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 TINY_PARAMS = {
-    "preprocess": {"val_fraction": 0.2, "split": "stratified", "seed": 0},
+    "preprocess": {
+        "val_fraction": 0.2,
+        "split": "stratified",
+        "seed": 0,
+        "deskew": False,
+        "stroke_width": 0.0,
+    },
     "train": {
         "hidden_units": [32],
         "activation": "relu",

@@ -22,9 +22,9 @@ from mnist_dense.digit_image import (
     to_mnist,
 )
 from mnist_dense.model import build_model, save_model
-from mnist_dense.params import TrainParams
+from mnist_dense.params import TrainParams, parse_params
 from stages import preprocess, train
-from tests.conftest import TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, tiny_params, write_params
 
 
 def draw_seven(size: int, ink: int, paper: int, canvas: tuple[int, int], at: tuple[int, int]):
@@ -233,6 +233,19 @@ def test_real_use_images_are_read_correctly(real_model, monkeypatch):
     predicted = np.array([r.digit for r in results])
     as_written = np.array(writing) == "as written"
     assert (predicted == labels)[as_written].mean() >= 0.9
+
+
+def test_real_use_validation_digits_are_the_raw_ones_whatever_preprocess_did(workdir):
+    from commands.real_use import digits_from
+
+    deskewed = parse_params(tiny_params(preprocess={"deskew": True})).preprocess
+    arrays = preprocess.preprocess(deskewed)
+    images, labels = digits_from("validation")
+    raw, raw_labels = preprocess.load_images_and_labels(workdir / "data" / "raw", "train")
+    _, val_idx = preprocess.split_indices(raw_labels, parse_params(tiny_params()).preprocess)
+    assert images.dtype == np.uint8 and np.array_equal(images, raw[val_idx])
+    assert np.array_equal(labels, arrays["y_val"])
+    assert not np.array_equal(preprocess.scale(images), arrays["x_val"])  # those are deskewed
 
 
 def test_real_use_never_deletes_a_folder_it_did_not_make(real_model, monkeypatch):

@@ -3,6 +3,7 @@ import pytest
 
 from mnist_dense.cli import PipelineError
 from mnist_dense.files import load_arrays
+from mnist_dense.normalize import Normalization, normalize
 from mnist_dense.params import parse_params
 from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
 from stages.preprocess import preprocess
@@ -78,3 +79,13 @@ def test_missing_raw_file(workdir):
     (RAW_DIR / "train-images-idx3-ubyte.gz").unlink()
     with pytest.raises(PipelineError, match=r"train-images-idx3-ubyte.gz: missing"):
         preprocess(params())
+
+
+def test_every_array_is_normalized_by_the_shared_function(workdir):
+    how = Normalization(deskew=True, stroke_width=2.5)
+    plain = preprocess(params())
+    normalized = preprocess(params(deskew=True, stroke_width=2.5))
+    for name in ("x_train", "x_val", "x_test"):
+        assert np.array_equal(normalized[name], normalize(plain[name], how)), name
+        assert not np.array_equal(normalized[name], plain[name]), name
+    assert all(np.array_equal(plain[n], normalized[n]) for n in ("y_train", "y_val", "y_test"))
