@@ -30,6 +30,8 @@ def test_seed_notebook_preset_is_the_notebook():
     assert params["train"]["batch_size"] == 32 and params["train"]["epochs"] == 25
     assert params["train"]["loss"] == "sparse_categorical_crossentropy"
     assert params["preprocess"]["split"] == "tail" and params["preprocess"]["val_fraction"] == 0.2
+    assert not params["preprocess"]["deskew"] and params["preprocess"]["stroke_width"] == 0
+    assert not any(params["augment"][key] for key in ("rotation", "scale", "shift", "shear"))
 
 
 def test_an_invalid_preset_names_itself_and_the_key(tmp_path):
