@@ -5,11 +5,17 @@ seeds and print the README's table.
     python -m commands.presets run NAME [--seed N]            (make exp ARGS=NAME)
     python -m commands.presets table [--seeds 1 2 3] [NAME ...] (make presets-table)
 
+A preset is an absolute configuration: the committed params.yaml (HEAD's) with the preset's
+overrides, whatever the workspace's params.yaml holds (`dvc exp run` applies an experiment's
+params to it), so two presets run back to back give what each gives from a clean checkout.
+
 `table` queues one experiment per preset and seed (named `<preset>-seed<N>`), runs them one at a
 time (one queue worker, so timings are not shared between two trainings), then
-reads test accuracy and training time back from `dvc exp show`, prints a Markdown table and
-writes it to results/presets.md, with each preset's learning curves (first seed) as
-results/curves-<preset>.png.
+reads test accuracy, training time and kernel path back from `dvc exp show`, prints a Markdown
+table and writes it to results/presets.md, with each preset's training time as a multiple of
+seed-notebook's (measured in the same run), a second table of each preset's first-seed model
+on the real-use images drawn from the validation digits (commands/real_use.py, per writing
+and paper style), and each preset's learning curves (first seed) as results/curves-<preset>.png.
 """
 
 import argparse
@@ -18,18 +24,23 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from mnist_dense.cli import PipelineError
 from mnist_dense.figures import training_curves
 from mnist_dense.params import PARAMS_FILE, as_override, parse_params, read_yaml
+from mnist_dense.paths import MODEL
 from tooling.dvc_queue import run_queue
 from tooling.processes import tool
 
 PRESETS_FILE = Path("presets.yaml")
+YARDSTICK = "seed-notebook"  # the reference every training time is a multiple of
+REAL_USE_IMAGES = 1400  # commands/real_use.py's default
 RESULTS = Path("results")
 
 
@@ -49,6 +60,27 @@ def load_presets(path: Path = PRESETS_FILE, params_path: Path = PARAMS_FILE) -> 
     for name, preset in presets.items():
         parse_params(apply(params, preset["overrides"]), f"{path}: {name}")
     return presets
+
+
+def committed_params() -> dict:
+    """params.yaml as HEAD has it (the workspace's when the project is not a git checkout)."""
+    shown = subprocess.run(
+        ["git", "show", f"HEAD:{PARAMS_FILE}"], capture_output=True, text=True, check=False
+    )
+    return read_yaml(shown.stdout if shown.returncode == 0 else PARAMS_FILE.read_text())
+
+
+def absolute_overrides(overrides: dict, committed: dict, workspace: dict) -> dict:
+    """The `-S` settings that turn the workspace's params into committed + overrides: the
+    preset's own keys, and every key an earlier experiment left changed."""
+    target = apply(committed, overrides)
+    reset = {
+        f"{section}.{name}": value
+        for section, values in target.items()
+        for name, value in values.items()
+        if workspace.get(section, {}).get(name) != value and f"{section}.{name}" not in overrides
+    }
+    return {**overrides, **reset}
 
 
 def exp_command(name: str, overrides: dict, seed: int | None = None, queue: bool = False) -> list:
@@ -80,6 +112,7 @@ def experiments() -> dict[str, dict]:
                 found[exp["name"]] = {
                     "test_accuracy": evaluate["test_accuracy"],
                     "train_seconds": run.get("train_seconds"),
+                    "kernels": run.get("kernel_path", "?"),
                     "rev": exp["revs"][0]["rev"],
                 }
     return found
@@ -88,20 +121,83 @@ def experiments() -> dict[str, dict]:
 def markdown_table(presets: dict, seeds: list[int], results: dict[str, dict]) -> str:
     lines = [
         f"| preset | overrides of params.yaml | test accuracy, mean ± sd over seeds "
-        f"{', '.join(map(str, seeds))} | per seed | training time (median) |",
-        "|---|---|---|---|---|",
+        f"{', '.join(map(str, seeds))} | per seed | training time (median) | time / {YARDSTICK} "
+        "| kernels |",
+        "|---|---|---|---|---|---|---|",
     ]
+    median_seconds = {
+        name: statistics.median(results[f"{name}-seed{seed}"]["train_seconds"] for seed in seeds)
+        for name in presets
+    }
     for name, preset in presets.items():
         runs = [results[f"{name}-seed{seed}"] for seed in seeds]
         accuracies = [100 * run["test_accuracy"] for run in runs]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        seconds = statistics.median(run["train_seconds"] for run in runs)
+        seconds = median_seconds[name]
+        ratio = f"{seconds / median_seconds[YARDSTICK]:.1f}x" if YARDSTICK in presets else "-"
         overrides = " ".join(f"`{as_override(k, v)}`" for k, v in preset["overrides"].items())
+        kernels = "/".join(sorted({run["kernels"] for run in runs}))
         lines.append(
             f"| {name} | {overrides or '(none)'} | {statistics.mean(accuracies):.2f} ± "
-            f"{spread:.2f} % | {' / '.join(f'{a:.2f}' for a in accuracies)} | {seconds:.0f} s |"
+            f"{spread:.2f} % | {' / '.join(f'{a:.2f}' for a in accuracies)} | {seconds:.0f} s "
+            f"| {ratio} | {kernels} |"
         )
     return "\n".join(lines)
+
+
+def real_use_table(scores: dict[str, dict[str, dict[str, tuple[float, int]]]]) -> str:
+    """{preset: {"writing"|"paper": {style: (share, images)}}} as a Markdown table."""
+    styles = [
+        (kind, style)
+        for kind in ("writing", "paper")
+        for style in next(iter(scores.values()))[kind]
+    ]
+    lines = [
+        "| preset | " + " | ".join(style for _, style in styles) + " |",
+        "|---|" + "---|" * len(styles),
+    ]
+    for name, shares in scores.items():
+        cells = [f"{100 * shares[kind][style][0]:.1f}" for kind, style in styles]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def real_use_scores(names: list[str], results: dict[str, dict], seed: int) -> dict:
+    """Each preset's first-seed model on the real-use images of the validation digits (the
+    same images for every preset: they all validate on the same digits)."""
+    from commands.predict import predict_files
+    from commands.real_use import build, by_style
+
+    scores = {}
+    with tempfile.TemporaryDirectory(prefix="presets-") as folder:
+        files, labels, styles = build(
+            REAL_USE_IMAGES, Path(folder) / "real-use", source="validation"
+        )
+        for name in names:
+            model = Path(folder) / f"{name}.keras"
+            model.write_bytes(experiment_file(results[f"{name}-seed{seed}"]["rev"], MODEL))
+            predicted = predict_files(str(model), files)
+            correct = np.array(
+                [r.digit == label for r, label in zip(predicted, labels, strict=True)]
+            )
+            scores[name] = {kind: by_style(correct, styles, kind) for kind in ("writing", "paper")}
+    return scores
+
+
+def experiment_file(rev: str, path: Path) -> bytes:
+    """A DVC-tracked output as experiment `rev` made it, from the DVC cache."""
+    lock = yaml.safe_load(
+        subprocess.run(
+            ["git", "show", f"{rev}:dvc.lock"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    md5 = next(
+        out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+        if out["path"] == str(path)
+    )
+    return Path(".dvc/cache/files/md5", md5[:2], md5[2:]).read_bytes()
 
 
 def main() -> None:
@@ -128,17 +224,32 @@ def main() -> None:
     unknown = [name for name in names if name not in presets]
     if unknown:
         sys.exit(f"error: unknown preset {', '.join(unknown)}; known: {', '.join(presets)}")
+    committed, workspace = committed_params(), read_yaml(PARAMS_FILE.read_text())
+    if committed != workspace:
+        print(
+            f"presets: {PARAMS_FILE} differs from the committed one; each preset starts from "
+            f"the committed {PARAMS_FILE} (`git checkout {PARAMS_FILE}` resets the workspace)"
+        )
+    settings = {
+        name: absolute_overrides(presets[name]["overrides"], committed, workspace) for name in names
+    }
     if args.command == "run":
-        command = exp_command(args.name, presets[args.name]["overrides"], args.seed)
+        command = exp_command(args.name, settings[args.name], args.seed)
         sys.exit(subprocess.run(command).returncode)
     for name in names:
         for seed in args.seeds:
-            command = exp_command(name, presets[name]["overrides"], seed, queue=True)
+            command = exp_command(name, settings[name], seed, queue=True)
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     run_queue(tool("dvc"), 1, cwd=Path.cwd())
     chosen = {name: presets[name] for name in names}
     results = experiments()
     table = markdown_table(chosen, args.seeds, results)
+    real_use = real_use_table(real_use_scores(names, results, args.seeds[0]))
+    table += (
+        f"\n\nReal use, seed {args.seeds[0]}'s model of each preset: the share read correctly of "
+        f"{REAL_USE_IMAGES:,} images drawn from the validation digits (commands/real_use.py), "
+        f"per writing and paper style, %.\n\n{real_use}"
+    )
     print(table)
     RESULTS.mkdir(exist_ok=True)
     command = (

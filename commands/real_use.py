@@ -176,20 +176,29 @@ def main() -> None:
     model, described = (args.model, args.model) if args.model else default_model()
     files, labels, styles = build(args.count, args.out, source=args.digits)
     results = predict_files(model, files)
-    predicted = np.array([-1 if r.digit is None else r.digit for r in results])
-    correct = predicted == labels
-    for kind, names in (("writing", WRITING), ("paper", PAPERS)):
+    correct = np.array([r.digit == label for r, label in zip(results, labels, strict=True)])
+    for kind in ("writing", "paper"):
         print(f"by {kind}:")
-        column = 0 if kind == "writing" else 1
-        for name in names:
-            chosen = np.array([style[column] == name for style in styles])
-            if chosen.any():
-                print(f"  {name}: {correct[chosen].mean():.2%} of {chosen.sum()}")
+        for name, (share, count) in by_style(correct, styles, kind).items():
+            print(f"  {name}: {share:.2%} of {count}")
     failed = sum(r.error is not None for r in results)
     print(
         f"real-use accuracy: {correct.mean():.2%} ({correct.sum()} of {len(files)} images "
         f"of {args.digits} digits in {args.out}; {failed} unreadable) with {described}"
     )
+
+
+def by_style(
+    correct: np.ndarray, styles: list[tuple[str, str]], kind: str
+) -> dict[str, tuple[float, int]]:
+    """{style: (share read correctly, images)} per writing or paper style."""
+    column, names = (0, WRITING) if kind == "writing" else (1, PAPERS)
+    shares = {}
+    for name in names:
+        chosen = np.array([style[column] == name for style in styles])
+        if chosen.any():
+            shares[name] = (float(correct[chosen].mean()), int(chosen.sum()))
+    return shares
 
 
 if __name__ == "__main__":

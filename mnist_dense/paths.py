@@ -8,6 +8,7 @@ from pathlib import Path
 RAW_CHECKSUMS = Path("stages/mnist.sha256")  # the raw files' pinned sha256 (download stage)
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")
+VAL_INDEX = "val_index"  # data/processed/val_index.npy: the validation images' indices
 MODEL = Path("models/model.keras")
 HISTORY = Path("metrics/history.csv")
 TRAIN_METRICS = Path("metrics/train.json")

@@ -1,11 +1,14 @@
 """The model registry: every evaluated model is a version of `mnist-dense`; the alias
 `champion` marks the one to use, and moves only by a fair comparison or by a person.
 
-The rule (README, "Model registry"): a new version takes `champion` when its validation
-accuracy is higher than the champion's **on the same validation set** (its runs' validation
-data sets have the same DVC digest); a tie keeps the champion. Versions validated on other data
-(another split, another `val_fraction`) are not compared automatically, since their validation
-accuracies measure different things; the reason is recorded on the version and a person can
+The rule (docs/tracking.md): a new version takes `champion` when its validation accuracy is
+higher than the champion's **on the same validation digits** (the same raw files and the same
+validation indices: mnist_dense/tracking.py, validation_set; each model sees them normalized
+as it was trained, as predict does); a tie keeps the champion. Every preset validates on the
+same digits (presets.yaml), so the best of them becomes the champion by this rule. Versions
+validated on other digits (another split, another `val_fraction`) are not compared
+automatically, since their validation accuracies measure different things; the reason is
+recorded on the version and a person can
 promote it (`python -m commands.registry promote VERSION --why ...`). The test accuracy is
 recorded on every version but never chooses: choosing on it would make the test set a
 selection set.

@@ -5,8 +5,9 @@ A client sends what it has, one row per digit:
   `make predict` prepares a file (mnist_dense/digit_image.py, bundled with the model), or
 - `pixels`: 784 values in [0, 1], a flattened 28x28 MNIST digit, light ink on black;
 either normalized as the model's training data was (mnist_dense/normalize.py).
-Each row gets `digit`, its `probability`, all ten `probabilities`, and `error`: null, or why
-that row could not be read (a bad image fails its own row, not the batch).
+Each row gets `digit`, its `probability`, all ten `probabilities`, `model`: which model
+answered (its MLflow run and the md5 of its .keras file), and `error`: null, or why that row
+could not be read (a bad image fails its own row, not the batch).
 
 It is logged as "models from code" (mnist_dense/model_code.py): loading it runs that file and
 loads the .keras weights in Keras' safe mode; nothing is unpickled.
@@ -14,6 +15,7 @@ loads the .keras weights in Keras' safe mode; nothing is unpickled.
 
 import base64
 import binascii
+import hashlib
 import io
 import tempfile
 from pathlib import Path
@@ -32,6 +34,7 @@ from mnist_dense.shape import PIXELS, SIDE
 MAX_IMAGE_CHARACTERS = 8 * 2**20  # base64 of a 6 MiB file: far more than a photo of one digit
 KERAS_ARTIFACT = "keras_model"
 KERNELS_ARTIFACT = "kernels"  # a file naming the kernel path (train.kernels) it computes on
+RUN_ARTIFACT = "run"  # a file naming the MLflow run that made the model
 SIGNATURE = ModelSignature(
     inputs=Schema(
         [
@@ -44,6 +47,7 @@ SIGNATURE = ModelSignature(
             ColSpec("long", "digit", required=False),
             ColSpec("double", "probability", required=False),
             ColSpec(Array("double"), "probabilities", required=False),
+            ColSpec("string", "model", required=False),
             ColSpec("string", "error", required=False),
         ]
     ),
@@ -64,13 +68,18 @@ class DigitReader(PythonModel):
 
         path = Path(context.artifacts[KERAS_ARTIFACT])
         self.model, self.normalization = load_model(path), read_normalization(path)
+        run = context.artifacts.get(RUN_ARTIFACT)
+        made_by = Path(run).read_text().strip() if run else "unknown"
+        self.name = f"run {made_by}, model.keras md5 {hashlib.md5(path.read_bytes()).hexdigest()}"
 
     def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None):
         from mnist_dense.model import predict
 
         digits, errors = read_rows(model_input, self.normalization)
         rows = [
-            {"digit": None, "probability": None, "probabilities": None, "error": e} for e in errors
+            {"digit": None, "probability": None, "probabilities": None, "model": self.name}
+            | {"error": e}
+            for e in errors
         ]
         good = [i for i, error in enumerate(errors) if error is None]
         if good:
@@ -79,7 +88,7 @@ class DigitReader(PythonModel):
                 digit = int(np.argmax(p))
                 rows[i] |= {"digit": digit, "probability": float(p[digit])}
                 rows[i]["probabilities"] = [float(v) for v in p]
-        columns = ["digit", "probability", "probabilities", "error"]
+        columns = ["digit", "probability", "probabilities", "model", "error"]
         return pd.DataFrame(rows, columns=columns, dtype=object)  # None stays null in JSON
 
 
@@ -146,12 +155,17 @@ def log_served_model(
     package = Path(__file__).parent
     mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
-        mode_file = Path(folder) / "kernels.txt"
+        mode_file, run_file = Path(folder) / "kernels.txt", Path(folder) / "run.txt"
         mode_file.write_text(f"{kernel_mode}\n")
+        run_file.write_text(f"{run_id}\n")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "model_code.py"),
-            artifacts={KERAS_ARTIFACT: str(keras_file), KERNELS_ARTIFACT: str(mode_file)},
+            artifacts={
+                KERAS_ARTIFACT: str(keras_file),
+                KERNELS_ARTIFACT: str(mode_file),
+                RUN_ARTIFACT: str(run_file),
+            },
             code_paths=[str(package)],
             signature=SIGNATURE,
             input_example=pd.DataFrame({"image": [example_image(example)]}),

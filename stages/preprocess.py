@@ -18,7 +18,7 @@ from mnist_dense.files import save_arrays
 from mnist_dense.idx import read_idx
 from mnist_dense.normalize import normalize
 from mnist_dense.params import PreprocessParams, load_params
-from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
+from mnist_dense.paths import PROCESSED_DIR, RAW_DIR, VAL_INDEX
 from mnist_dense.shape import CLASSES, SIDE
 
 
@@ -62,7 +62,8 @@ def scale(images: np.ndarray) -> np.ndarray:
 
 
 def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
-    """Build and write the six arrays x/y_{train,val,test}; return them."""
+    """Build and write the six arrays x/y_{train,val,test}, and the validation images'
+    indices (what the registry compares models on: mnist_dense/tracking.py); return the six."""
     images, labels = load_images_and_labels(RAW_DIR, "train")
     test_images, test_labels = load_images_and_labels(RAW_DIR, "t10k")
     train_idx, val_idx = split_indices(labels, params)
@@ -75,7 +76,7 @@ def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
         "x_test": normalize(scale(test_images), how),
         "y_test": test_labels,
     }
-    save_arrays(PROCESSED_DIR, arrays)
+    save_arrays(PROCESSED_DIR, arrays | {VAL_INDEX: val_idx.astype(np.int64)})
     return arrays
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from mnist_dense.model import load_model
-from mnist_dense.provenance import dvc_lock_outputs
+from mnist_dense.provenance import dvc_lock_outputs, file_md5
 from mnist_dense.served_model import example_image
 from tests.conftest import (
     BIN,
@@ -149,6 +149,10 @@ def test_the_logged_model_is_served_over_http(project, model_server):
     assert [row["digit"] for row in rows["predictions"]] == list(y_test)
     assert [row["error"] for row in images["predictions"]] == [None, None]
     assert all(row["digit"] in range(10) for row in images["predictions"])
+    model_md5 = file_md5(project / "models" / "model.keras")
+    assert {row["model"] for row in images["predictions"]} == {
+        f"run {run.info.run_id}, model.keras md5 {model_md5}"
+    }
 
 
 def test_editing_the_served_model_reruns_evaluate_but_not_train(project):

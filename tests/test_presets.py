@@ -1,11 +1,21 @@
 import shlex
 
+import numpy as np
 import pytest
 import yaml
 
-from commands.presets import apply, exp_command, load_presets, markdown_table
+from commands.presets import (
+    absolute_overrides,
+    apply,
+    exp_command,
+    load_presets,
+    markdown_table,
+    real_use_table,
+)
 from mnist_dense.cli import PipelineError
-from tests.conftest import ROOT
+from mnist_dense.params import parse_params
+from tests.conftest import ROOT, copy_of, experiments, output, python_module
+from tooling.processes import sh
 
 PRESET_NAMES = ["seed-notebook", "onehot-adam-5", "sgd-onehot", "default", "best"]
 
@@ -55,14 +65,85 @@ def test_exp_command_sets_every_override_and_the_seed():
     assert "--queue" in exp_command("p", {}, queue=True)
 
 
-def test_markdown_table_reports_mean_spread_and_median_time():
-    presets = {"a": {"overrides": {"train.epochs": 5}}}
+def test_markdown_table_reports_mean_spread_median_time_its_ratio_and_kernels():
+    presets = {"seed-notebook": {"overrides": {}}, "a": {"overrides": {"train.epochs": 5}}}
+    seconds = {"seed-notebook": [4.0, 5.0, 6.0], "a": [10.0, 30.0, 12.0]}
+    accuracy = {"seed-notebook": [0.97, 0.97, 0.97], "a": [0.98, 0.97, 0.99]}
     results = {
-        "a-seed1": {"test_accuracy": 0.98, "train_seconds": 10.0},
-        "a-seed2": {"test_accuracy": 0.97, "train_seconds": 30.0},
-        "a-seed3": {"test_accuracy": 0.99, "train_seconds": 12.0},
+        f"{name}-seed{seed}": {
+            "test_accuracy": accuracy[name][seed - 1],
+            "train_seconds": seconds[name][seed - 1],
+            "kernels": "portable",
+        }
+        for name in presets
+        for seed in (1, 2, 3)
     }
     table = markdown_table(presets, [1, 2, 3], results)
-    assert table.splitlines()[2] == (
-        "| a | `train.epochs=5` | 98.00 ± 1.00 % | 98.00 / 97.00 / 99.00 | 12 s |"
+    assert table.splitlines()[3] == (
+        "| a | `train.epochs=5` | 98.00 ± 1.00 % | 98.00 / 97.00 / 99.00 | 12 s | 2.4x | portable |"
     )
+
+
+def test_real_use_table_has_a_column_per_style():
+    shares = {"writing": {"as written": (0.99, 200), "crossed 7": (0.9, 200)}}
+    table = real_use_table({"a": shares | {"paper": {"gray": (0.955, 400)}}})
+    assert table.splitlines()[0] == "| preset | as written | crossed 7 | gray |"
+    assert table.splitlines()[2] == "| a | 99.0 | 90.0 | 95.5 |"
+
+
+def test_a_preset_resets_what_an_earlier_experiment_left_in_params_yaml():
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    presets = load_presets(ROOT / "presets.yaml", ROOT / "params.yaml")
+    after_seed_notebook = apply(committed, presets["seed-notebook"]["overrides"])
+    settings = absolute_overrides(presets["best"]["overrides"], committed, after_seed_notebook)
+    assert apply(after_seed_notebook, settings) == apply(committed, presets["best"]["overrides"])
+    assert settings["train.threads"] == committed["train"]["threads"]  # not seed-notebook's 1
+    assert (
+        absolute_overrides(presets["best"]["overrides"], committed, committed)
+        == (presets["best"]["overrides"])
+    )
+
+
+TWO_PRESETS = """
+first:
+  about: leaves a tail split and one thread in params.yaml
+  overrides: {preprocess.split: tail, train.threads: 1}
+second:
+  about: one epoch
+  overrides: {train.epochs: 1}
+"""
+
+
+def preset_params(project, env, *names: str) -> dict:
+    """Run the presets one after another in the project; the params of the last one's
+    experiment, as `dvc exp show` records them."""
+    for name in names:
+        result = python_module("commands.presets", "run", name, cwd=project, env=env)
+        assert result.returncode == 0, output(result)
+    return experiments(project, env)[names[-1]]["params"]["params.yaml"]["data"]
+
+
+def test_two_presets_back_to_back_give_the_second_as_a_clean_checkout_does(built_project, tmp_path):
+    folder, env = built_project
+    runs = {}
+    for case, names in {"after first": ("first", "second"), "clean": ("second",)}.items():
+        project = copy_of(folder, tmp_path / case.replace(" ", "-"))
+        (project / "presets.yaml").write_text(TWO_PRESETS)
+        sh("git", "commit", "-qam", "two presets", cwd=project, env=env)
+        runs[case] = preset_params(project, env, *names)
+    assert runs["after first"]["preprocess"]["split"] == "stratified"
+    assert runs["after first"] == runs["clean"]
+
+
+def test_every_preset_validates_on_the_same_digits_so_the_registry_compares_them():
+    from stages.preprocess import split_indices
+
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    labels = np.arange(60_000) % 10
+    held_out = {
+        name: split_indices(labels, parse_params(apply(committed, preset["overrides"])).preprocess)[
+            1
+        ].tobytes()
+        for name, preset in load_presets(ROOT / "presets.yaml", ROOT / "params.yaml").items()
+    }
+    assert len(set(held_out.values())) == 1, held_out.keys()

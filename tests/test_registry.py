@@ -49,7 +49,7 @@ def test_the_first_evaluated_model_is_version_1_and_champion(project):
     evaluate = json.loads((folder / "metrics" / "evaluate.json").read_text())
     assert float(first.tags["test_accuracy"]) == evaluate["test_accuracy"]
     assert first.tags["git.commit"] == sh("git", "rev-parse", "HEAD", cwd=folder).stdout.strip()
-    assert first.tags["validation.digest"].endswith(".dir")
+    assert re.fullmatch("[0-9a-f]{32}", first.tags["validation.digest"])
     assert first.tags["champion.decision"] == "promoted: the first version"
     assert champion_version(client) == "1"
 
@@ -65,6 +65,17 @@ def test_a_worse_model_becomes_a_version_but_not_the_champion(project):
     assert version.tags["champion.decision"].startswith(f"kept version {champion}: val_accuracy")
     assert champion_version(client) == champion
     assert f"registry: kept version {champion}" in output
+
+
+def test_a_model_normalized_otherwise_on_the_same_digits_is_compared(project):
+    folder, env = project
+    client = client_of(folder)
+    before, champion = set(versions(client)), champion_version(client)
+    exp_run(folder, env, "registry-deskewed", "preprocess.deskew=true")
+    (added,) = set(versions(client)) - before
+    version = versions(client)[added]
+    assert version.tags["validation.digest"] == versions(client)[champion].tags["validation.digest"]
+    assert version.tags["champion.decision"].startswith(("promoted: val_accuracy", "kept version"))
 
 
 def test_a_model_validated_on_other_data_is_not_compared_automatically(project):
