@@ -99,7 +99,25 @@ class EpochTrainer:
         return {"loss": float(loss), "accuracy": float(accuracy)}
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Loss and accuracy on held-out data, in batches of EVAL_BATCH."""
+        """Loss and accuracy on held-out data, in batches of EVAL_BATCH; with the weights'
+        moving average (train.ema) when the optimizer keeps one, as the saved model will be."""
+        if not self.optimizer.use_ema:
+            return self._evaluate(x, y)
+        variables = self.model.trainable_variables
+        training = [variable.numpy() for variable in variables]
+        self.optimizer.finalize_variable_values(variables)  # the averages, for now
+        try:
+            return self._evaluate(x, y)
+        finally:
+            for variable, value in zip(variables, training, strict=True):
+                variable.assign(value)  # training goes on from its own weights
+
+    def finish(self) -> None:
+        """Leave the model with the weights it is saved with: the moving average, if any."""
+        if self.optimizer.use_ema:
+            self.optimizer.finalize_variable_values(self.model.trainable_variables)
+
+    def _evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         loss_sum = correct = 0.0
         for start in range(0, len(x), EVAL_BATCH):
             xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
@@ -129,4 +147,5 @@ def run_epochs(
         )
         history.append(scores)
         on_epoch_end(epoch, scores)
+    trainer.finish()
     return history

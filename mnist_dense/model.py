@@ -114,6 +114,8 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
     return optimizer(
         learning_rate=learning_rate,
         weight_decay=params.weight_decay or None,
+        use_ema=params.ema > 0,  # EpochTrainer validates and keeps the averaged weights
+        ema_momentum=params.ema or 0.99,
         name=params.optimizer,
     )
 

@@ -73,6 +73,7 @@ class TrainParams(_Section):
     fused_adam: bool
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
+    ema: float = Field(ge=0, lt=1)  # momentum of the weights' moving average; 0 = none
     lr_schedule: Literal["constant", "cosine"]
     warmup_epochs: int = Field(ge=0)
     loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"]

@@ -65,6 +65,7 @@ TINY_PARAMS = {
         "fused_adam": True,
         "learning_rate": 0.01,
         "weight_decay": 0.0,
+        "ema": 0.0,
         "lr_schedule": "constant",
         "warmup_epochs": 0,
         "loss": "sparse_categorical_crossentropy",

@@ -8,12 +8,14 @@ import tensorflow as tf
 from mnist_dense.fit import EpochTrainer, run_epochs
 
 
-def trainer(count: int, batch_size: int, seed: int = 0, learning_rate: float = 0.0):
+def trainer(
+    count: int, batch_size: int, seed: int = 0, learning_rate: float = 0.0, ema: float = 0.0
+):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
     x = np.arange(count * 4, dtype=np.float32).reshape(count, 4) / (count * 4)
     y = (np.arange(count) % 10).astype(np.uint8)
-    optimizer = keras.optimizers.SGD(learning_rate)
+    optimizer = keras.optimizers.SGD(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
     return (
         EpochTrainer(
             model, optimizer, keras.losses.SparseCategoricalCrossentropy(), x, y, batch_size, seed
@@ -82,3 +84,19 @@ def test_training_lowers_the_loss_and_reports_each_epoch(capsys):
     assert [set(h) for h in history] == [{"loss", "accuracy", "val_loss", "val_accuracy"}] * 3
     assert history[-1]["loss"] < history[0]["loss"]
     assert capsys.readouterr().out.splitlines()[0].startswith("epoch 1/3 - ")
+
+
+def test_a_moving_average_is_validated_and_kept_while_training_follows_its_own_weights():
+    runs = {}
+    for ema in (0.0, 0.9):
+        epoch_trainer, model, x, y = trainer(count=200, batch_size=16, learning_rate=0.5, ema=ema)
+        history = run_epochs(epoch_trainer, (x, y), 3, lambda epoch, scores: None)
+        kept = epoch_trainer._evaluate(x, y)  # the model as it is left: to be saved
+        runs[ema] = history, kept, [w.copy() for w in model.get_weights()]
+    (plain, plain_kept, plain_weights), (averaged, averaged_kept, averaged_weights) = runs.values()
+    training = [(h["loss"], h["accuracy"]) for h in plain]
+    assert [(h["loss"], h["accuracy"]) for h in averaged] == training  # the same steps
+    assert averaged[-1]["val_loss"] != plain[-1]["val_loss"]  # validated on the average
+    assert averaged_kept["loss"] == averaged[-1]["val_loss"]  # and the average is kept
+    assert plain_kept["loss"] == plain[-1]["val_loss"]
+    assert not np.array_equal(averaged_weights[0], plain_weights[0])
