@@ -54,39 +54,40 @@ def test_the_first_evaluated_model_is_version_1_and_champion(project):
     assert champion_version(client) == "1"
 
 
-def test_a_worse_model_becomes_a_version_but_not_the_champion(project):
+def new_version(project, name: str, *overrides: str):
+    """Run an experiment in the project: (the version it registered, the champion before it,
+    that champion's version, the experiment's output)."""
     folder, env = project
     client = client_of(folder)
     before, champion = set(versions(client)), champion_version(client)
-    output = exp_run(folder, env, "registry-worse", "train.epochs=1", "train.learning_rate=0.0001")
+    output = exp_run(folder, env, name, *overrides)
     (added,) = set(versions(client)) - before
-    version = versions(client)[added]
+    return versions(client)[added], champion, versions(client)[champion], output
+
+
+def test_a_worse_model_becomes_a_version_but_not_the_champion(project):
+    version, champion, _, output = new_version(
+        project, "registry-worse", "train.epochs=1", "train.learning_rate=0.0001"
+    )
     assert version.tags["dvc.exp_name"] == "registry-worse"
     assert version.tags["champion.decision"].startswith(f"kept version {champion}: val_accuracy")
-    assert champion_version(client) == champion
+    assert champion_version(client_of(project[0])) == champion
     assert f"registry: kept version {champion}" in output
 
 
 def test_a_model_normalized_otherwise_on_the_same_digits_is_compared(project):
-    folder, env = project
-    client = client_of(folder)
-    before, champion = set(versions(client)), champion_version(client)
-    exp_run(folder, env, "registry-deskewed", "preprocess.deskew=true")
-    (added,) = set(versions(client)) - before
-    version = versions(client)[added]
-    assert version.tags["validation.digest"] == versions(client)[champion].tags["validation.digest"]
+    version, _, incumbent, _ = new_version(project, "registry-deskewed", "preprocess.deskew=true")
+    assert version.tags["validation.digest"] == incumbent.tags["validation.digest"]
     assert version.tags["champion.decision"].startswith(("promoted: val_accuracy", "kept version"))
 
 
 def test_a_model_validated_on_other_data_is_not_compared_automatically(project):
-    folder, env = project
-    client = client_of(folder)
-    before, champion = set(versions(client)), champion_version(client)
-    exp_run(folder, env, "registry-other-split", "preprocess.val_fraction=0.3")
-    (added,) = set(versions(client)) - before
-    decision = versions(client)[added].tags["champion.decision"]
+    version, champion, _, _ = new_version(
+        project, "registry-other-split", "preprocess.val_fraction=0.3"
+    )
+    decision = version.tags["champion.decision"]
     assert decision.startswith(f"not compared with champion version {champion}: validated on")
-    assert champion_version(client) == champion
+    assert champion_version(client_of(project[0])) == champion
 
 
 @pytest.fixture
