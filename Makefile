@@ -54,7 +54,7 @@ plots: $(STAMP) ## `dvc plots diff` of HEAD and the newest experiment, photograp
 
 bench: $(STAMP) ## speed and memory against a plain Keras baseline (results/bench.md)
 	$(RUN_PATH) $(BIN)/dvc repro download
-	$(RUN_PATH) $(BIN)/python -m bench.bench
+	$(RUN_PATH) $(BIN)/python -m bench.bench $(ARGS)
 
 bench-tune: $(STAMP) ## the search against a queued grid, same budget (results/bench-tune.md)
 	$(RUN_PATH) $(BIN)/dvc repro download

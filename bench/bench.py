@@ -18,9 +18,11 @@
 
 Everything runs in a scratch folder (the project's workspace and MLflow store are not
 touched); data/raw must exist (`dvc repro download`). Prints a Markdown report and writes
-it to results/bench.md.
+it to results/bench.md. `--only kernels` runs section 7 alone and writes
+results/bench-kernels.md (`make bench ARGS='--only kernels'`).
 """
 
+import argparse
 import json
 import os
 import platform
@@ -392,13 +394,17 @@ def kernel_paths_side_by_side(scratch: Path, env: dict, presets: dict, report: R
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["kernels"], help="one section alone")
+    only = parser.parse_args().only
+    command = f"make bench ARGS='--only {only}'" if only else "make bench"
     if not (ROOT / "data" / "raw").is_dir():
         sys.exit("error: data/raw is missing; run `dvc repro download` first")
     presets = load_presets()
     lines = [
         f"# make bench: {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M')} by `make bench`; times are wall seconds.",
+        f"Run {time.strftime('%Y-%m-%d %H:%M')} by `{command}`; times are wall seconds.",
     ]
 
     def report(*text: str) -> None:
@@ -410,6 +416,9 @@ def main() -> None:
         scratch = Path(folder)
         # each workspace logs to its own MLflow store (its mlflow.db), none to the project's
         env = clean_environment()
+        if only == "kernels":
+            kernel_paths_side_by_side(scratch, env, presets, report)
+            return finish(lines, ROOT / "results" / "bench-kernels.md")
         notebook = seed_notebook_against_baseline(
             scratch, env, presets["seed-notebook"]["overrides"], report
         )
@@ -419,9 +428,13 @@ def main() -> None:
         precision_side_by_side(scratch, env, presets["best"]["overrides"], report)
         step_profile(env, report)
         kernel_paths_side_by_side(scratch, env, presets, report)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    finish(lines, RESULTS)
+
+
+def finish(lines: list[str], path: Path) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
