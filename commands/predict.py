@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mnist_dense.cli import PipelineError, run
+from mnist_dense.cli import PipelineError, first_line, run
 from mnist_dense.digit_image import MAX_PIXELS, DigitImageError, load_digit
 from mnist_dense.files import write_text
 from mnist_dense.normalize import read_normalization
@@ -105,9 +105,7 @@ def model_file(source: str | Path) -> Iterator[Path]:
         try:
             path = keras_file(str(source), Path(folder))
         except Exception as error:  # MLflow raises several kinds for an unknown model or alias
-            text = str(error).strip()
-            reason = text.splitlines()[0] if text else type(error).__name__
-            raise PipelineError(f"{source}: not a model in {uri} ({reason})") from None
+            raise PipelineError(f"{source}: not a model in {uri} ({first_line(error)})") from None
         yield path
 
 

@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -171,7 +170,7 @@ def real_use_scores(names: list[str], results: dict[str, dict], seed: int) -> di
     """Each preset's first-seed model on the real-use images of the validation digits (the
     same images for every preset: they all validate on the same digits)."""
     from commands.predict import predict_files
-    from commands.real_use import build, by_style
+    from commands.real_use import build, by_style, read_correctly
 
     scores = {}
     with tempfile.TemporaryDirectory(prefix="presets-") as folder:
@@ -181,10 +180,7 @@ def real_use_scores(names: list[str], results: dict[str, dict], seed: int) -> di
         for name in names:
             model = Path(folder) / f"{name}.keras"
             model.write_bytes(experiment_file(results[f"{name}-seed{seed}"]["rev"], MODEL))
-            predicted = predict_files(str(model), files)
-            correct = np.array(
-                [r.digit == label for r, label in zip(predicted, labels, strict=True)]
-            )
+            correct = read_correctly(predict_files(str(model), files), labels)
             scores[name] = {kind: by_style(correct, styles, kind) for kind in ("writing", "paper")}
     return scores
 
@@ -196,19 +192,10 @@ def git_head() -> str:
 
 
 def experiment_file(rev: str, path: Path) -> bytes:
-    """A DVC-tracked output as experiment `rev` made it, from the DVC cache."""
-    lock = yaml.safe_load(
-        subprocess.run(
-            ["git", "show", f"{rev}:dvc.lock"], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    md5 = next(
-        out["md5"]
-        for stage in lock["stages"].values()
-        for out in stage.get("outs", [])
-        if out["path"] == str(path)
-    )
-    return Path(".dvc/cache/files/md5", md5[:2], md5[2:]).read_bytes()
+    """A DVC-tracked output as experiment `rev` made it (DVC's API, from its cache)."""
+    import dvc.api
+
+    return dvc.api.read(str(path), repo=".", rev=rev, mode="rb")
 
 
 def main() -> None:

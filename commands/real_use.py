@@ -176,7 +176,7 @@ def main() -> None:
     model, described = (args.model, args.model) if args.model else default_model()
     files, labels, styles = build(args.count, args.out, source=args.digits)
     results = predict_files(model, files)
-    correct = np.array([r.digit == label for r, label in zip(results, labels, strict=True)])
+    correct = read_correctly(results, labels)
     for kind in ("writing", "paper"):
         print(f"by {kind}:")
         for name, (share, count) in by_style(correct, styles, kind).items():
@@ -186,6 +186,11 @@ def main() -> None:
         f"real-use accuracy: {correct.mean():.2%} ({correct.sum()} of {len(files)} images "
         f"of {args.digits} digits in {args.out}; {failed} unreadable) with {described}"
     )
+
+
+def read_correctly(results: list, labels: np.ndarray) -> np.ndarray:
+    """Per image, whether predict read its label (an unreadable file counts as wrong)."""
+    return np.array([r.digit == label for r, label in zip(results, labels, strict=True)])
 
 
 def by_style(

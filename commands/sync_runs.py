@@ -11,7 +11,7 @@ failure: it resumes where it stopped.
 import sys
 
 from mnist_dense import publish
-from mnist_dense.cli import PipelineError, run
+from mnist_dense.cli import PipelineError, first_line, run
 from mnist_dense.run_log import SENDERS, pending_root, send_pending
 
 
@@ -27,9 +27,10 @@ def main() -> None:
             print(f"{folder.name}: {sent} records sent")
         except Exception as error:  # one line per run that could not be sent
             failed += 1
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             print(
-                f"error: run {folder.name}: not sent ({reason}); kept in {folder}", file=sys.stderr
+                f"error: run {folder.name}: not sent ({first_line(error, limit=1000)}); "
+                f"kept in {folder}",
+                file=sys.stderr,
             )
     if failed:
         raise PipelineError(

@@ -39,6 +39,13 @@ def raise_if_interrupted() -> None:
         raise Interrupted(_received[-1])
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An error's message as one line for a one-line report: its first line, cut at `limit`
+    characters, or its type's name when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def run(main: Callable[[], None]) -> None:
     """Call `main`, turning an expected failure into one line on stderr and an exit code.
 

@@ -18,6 +18,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from mnist_dense import registry
+from mnist_dense.cli import first_line
 from mnist_dense.run_log import SYNC_COMMAND, save_pending
 from mnist_dense.served_model import log_served_model
 from mnist_dense.store import masked
@@ -34,10 +35,9 @@ def publish(uri: str, run_id: str, keras_file: Path, record: dict) -> None:
         send(MlflowClient(uri), run_id, record, files)
     except Exception as error:  # the store is down or refused: kept for make sync-runs
         folder = save_pending(uri, run_id, [record], files)
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else error
         print(
             f"warning: MLflow store {masked(uri)} did not take the model of run {run_id} "
-            f"({reason}); kept in {folder}; run `{SYNC_COMMAND}` when it is back",
+            f"({first_line(error)}); kept in {folder}; run `{SYNC_COMMAND}` when it is back",
             file=sys.stderr,
             flush=True,
         )

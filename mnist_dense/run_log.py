@@ -23,6 +23,7 @@ from pathlib import Path
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from mnist_dense.cli import first_line
 from mnist_dense.files import atomic_path, private_folder, write_private
 from mnist_dense.provenance import project_root
 from mnist_dense.store import masked
@@ -102,10 +103,9 @@ class RunLog:
     def _report_outage(self, error: Exception) -> None:
         if not self._outage_reported:
             self._outage_reported = True
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else error
             print(
                 f"warning: MLflow store {masked(self.uri)} did not take run {self.run_id}'s log "
-                f"({reason}); training goes on, the log is sent when the store is back",
+                f"({first_line(error)}); training goes on, the log is sent when the store is back",
                 file=sys.stderr,
                 flush=True,
             )

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from mnist_dense import kernels, tracking
 from mnist_dense.augment import Distort
-from mnist_dense.cli import PipelineError, raise_if_interrupted, run
+from mnist_dense.cli import PipelineError, first_line, raise_if_interrupted, run
 from mnist_dense.figures import png_bytes, training_curves
 from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
 from mnist_dense.fit import EpochTrainer, configure_threads, run_epochs
@@ -47,10 +47,10 @@ def fit(
     try:
         return _fit(params, arrays, on_epoch_end, precision)
     except (tf.errors.ResourceExhaustedError, MemoryError) as error:
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else "MemoryError"
         raise PipelineError(
             f"out of memory training {params.train.hidden_units} hidden units at batch "
-            f"{params.train.batch_size} ({reason}); lower train.hidden_units or train.batch_size"
+            f"{params.train.batch_size} ({first_line(error, limit=160)}); "
+            "lower train.hidden_units or train.batch_size"
         ) from None
     finally:
         keras.mixed_precision.set_global_policy("float32")
