@@ -11,6 +11,8 @@ TEAM_TOOLS := .venv-team
 RUN_PATH := PATH="$(CURDIR)/$(BIN):$$PATH"
 # The tiers' markers are in pyproject.toml; tests/conftest.py marks each test by its fixtures.
 FAST := not slow and not services and not browser and not real_data
+# test-all's pytest-xdist workers (0: one process): each test file runs whole on one of them
+WORKERS ?= 2
 # what `make exps` leaves out of `dvc exp show`: the secondary metrics and every dependency's hash
 EXP_HIDDEN := Created|test_loss|test_macro_f1|val_loss|mlflow_run_id|kernel_path|.*/.*
 
@@ -96,8 +98,8 @@ team-env: $(STAMP) ## `make -s team-env`: the export lines a client shell needs
 test: $(STAMP) ## the fast tier: unit and in-process tests (minutes)
 	$(RUN_PATH) $(BIN)/python -m pytest -m "$(FAST)" $(ARGS)
 
-test-all: $(STAMP) ## every tier, servers and browser included: what CI runs
-	$(RUN_PATH) $(BIN)/python -m pytest --durations=25 $(ARGS)
+test-all: $(STAMP) ## every tier, servers and browser included: what CI runs (WORKERS=2)
+	$(RUN_PATH) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --durations=25 $(ARGS)
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .
