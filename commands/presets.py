@@ -40,7 +40,6 @@ from tooling.processes import tool
 
 PRESETS_FILE = Path("presets.yaml")
 YARDSTICK = "seed-notebook"  # the reference every training time is a multiple of
-REAL_USE_IMAGES = 1400  # commands/real_use.py's default
 RESULTS = Path("results")
 
 
@@ -170,13 +169,11 @@ def real_use_scores(names: list[str], results: dict[str, dict], seed: int) -> di
     """Each preset's first-seed model on the real-use images of the validation digits (the
     same images for every preset: they all validate on the same digits)."""
     from commands.predict import predict_files
-    from commands.real_use import build, by_style, read_correctly
+    from commands.real_use import COUNT, build, by_style, read_correctly
 
     scores = {}
     with tempfile.TemporaryDirectory(prefix="presets-") as folder:
-        files, labels, styles = build(
-            REAL_USE_IMAGES, Path(folder) / "real-use", source="validation"
-        )
+        files, labels, styles = build(COUNT, Path(folder) / "real-use", source="validation")
         for name in names:
             model = Path(folder) / f"{name}.keras"
             model.write_bytes(experiment_file(results[f"{name}-seed{seed}"]["rev"], MODEL))
@@ -253,11 +250,12 @@ def main() -> None:
     if missing:
         sys.exit(f"error: no experiment {', '.join(missing)} on commit {baseline[:12]}")
     table = markdown_table(chosen, args.seeds, results)
-    real_use = real_use_table(real_use_scores(names, results, args.seeds[0]))
+    scores = real_use_scores(names, results, args.seeds[0])
+    images = sum(count for _, count in scores[names[0]]["writing"].values())
     table += (
         f"\n\nReal use, seed {args.seeds[0]}'s model of each preset: the share read correctly of "
-        f"{REAL_USE_IMAGES:,} images drawn from the validation digits (commands/real_use.py), "
-        f"per writing and paper style, %.\n\n{real_use}"
+        f"{images:,} images drawn from the validation digits (commands/real_use.py), "
+        f"per writing and paper style, %.\n\n{real_use_table(scores)}"
     )
     print(table)
     RESULTS.mkdir(exist_ok=True)
