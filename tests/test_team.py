@@ -51,7 +51,7 @@ from tests.conftest import (
 from tests.servers import gaps, train_with_outage
 from tooling import postgres
 from tooling.postgres import Postgres
-from tooling.processes import command_line, start_time
+from tooling.processes import ServiceError, command_line, free_port, start_time
 
 TOOLS = ROOT / ".venv-team"
 # what other tests, on the other worker, make in /tmp through tempfile: its default names,
@@ -80,6 +80,29 @@ def test_postgres_binaries_missing_or_in_the_newest_complete_versioned_folder(
     found = [str(tmp_path / version / "bin" / "initdb") for version in tools]
     monkeypatch.setattr(glob, "glob", lambda pattern: found)
     assert postgres.postgres_bin() == tmp_path / "15" / "bin"  # 16 lacks pg_ctl
+
+
+@pytest.mark.parametrize("name", ["db $(touch ran)", "db `touch ran`", 'db"', "db\\"])
+def test_a_cluster_folder_that_pg_ctls_shell_would_expand_is_refused(tmp_path, name):
+    with pytest.raises(ServiceError, match=r"may not contain .*pg_ctl hands it to a shell"):
+        Postgres(tmp_path / name, 5432, "password")
+    assert list(tmp_path.iterdir()) == []  # refused before anything was made or run
+
+
+@pytest.mark.services  # starts a real PostgreSQL cluster
+def test_a_cluster_folder_with_a_space_is_quoted_through_pg_ctl(tmp_path):
+    if postgres.postgres_bin() is None:
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql; .ci/run does)")
+    top = Path(tempfile.mkdtemp(prefix="test-postgres-"))  # PostgreSQL's user can enter it
+    cluster = Postgres(top / "team data", free_port(), "pw-" + os.urandom(8).hex(), durable=False)
+    try:
+        cluster.init()
+        cluster.start()
+        assert cluster.setting("unix_socket_directories") == str(top / "team data")
+        assert cluster.setting("port") == str(cluster.port)
+    finally:
+        cluster.stop()
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @contextmanager

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -26,7 +29,7 @@ from mnist_dense.paths import (
 from stages.evaluate import evaluate, score
 from stages.preprocess import preprocess
 from stages.train import train
-from tests.conftest import sha256, tiny_params, write_params
+from tests.conftest import ROOT, sha256, tiny_params, write_params
 
 
 @pytest.fixture
@@ -273,3 +276,19 @@ def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(
         (line,) = [x for x in result.stderr.splitlines() if x.startswith("warning:")]
         assert line.startswith("warning: train.precision=mixed_bfloat16: this CPU has no bfloat16")
         assert load_model(MODEL).get_layer("hidden_1").compute_dtype == "float32"
+
+
+@pytest.mark.slow  # a process of its own
+def test_the_benchs_plain_keras_baseline_runs_where_params_ask_for_portable_kernels(processed):
+    """bench/baseline.py is plain Keras on the CPU's own kernels; in a folder whose params.yaml
+    asks for the portable path, as make bench's folders do, it must still run."""
+    from mnist_dense import kernels
+
+    env = kernels.outside_environment(dict(os.environ))  # as bench/bench.py starts it, by path
+    args = ("--hidden", "16", "--epochs", "2", "--batch-size", "32", "--learning-rate", "0.01")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "baseline.py"), "data/processed", *args],
+        cwd=processed, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["test_accuracy"] > 0.3

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tooling.processes import ServiceError, command_line, log_tail, wait_until
 
+SHELL_ACTIVE_IN_DOUBLE_QUOTES = set('$`"\\')
+
 
 def postgres_bin() -> Path | None:
     """The folder holding initdb and pg_ctl: from PATH, else Debian's newest versioned one."""
@@ -43,6 +45,13 @@ class Postgres:
     """
 
     def __init__(self, folder: Path, port: int, password: str, durable: bool = True) -> None:
+        # pg_ctl runs the server through a shell with -D and -l in double quotes, where these
+        # still act ($(...) would run): such a folder is refused; a space is quoted safely
+        if unsafe := sorted(SHELL_ACTIVE_IN_DOUBLE_QUOTES & set(str(folder))):
+            raise ServiceError(
+                f"PostgreSQL: {folder}: a cluster's folder may not contain {' '.join(unsafe)} "
+                "(pg_ctl hands it to a shell in double quotes); choose another folder"
+            )
         self.binaries = postgres_bin()
         if self.binaries is None:
             raise ServiceError(
