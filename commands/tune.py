@@ -34,6 +34,7 @@ import subprocess
 import threading
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,8 +208,10 @@ class Tuner:
                 trial.set_user_attr("epochs_planned", params.get("train.epochs", self.epochs))
                 trial.set_user_attr("training_seconds", round(time.monotonic() - started, 1))
                 if trial.should_prune():
-                    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: DVC cleans up
+                    with suppress(ProcessLookupError):  # it may have ended meanwhile
+                        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: DVC cleans up
                     process.wait()
+                    self._discard(name)  # if it finished before the signal landed
                     self._mark_child(name, "pruned")
                     print(f"trial {trial.number} ({name}): pruned at epoch {epoch}", flush=True)
                     raise optuna.TrialPruned(f"val_accuracy {val_accuracy:.4f} at epoch {epoch}")
@@ -221,16 +224,27 @@ class Tuner:
         print(f"trial {trial.number} ({name}): val_accuracy {value:.4f}", flush=True)
         return value
 
-    def _validation_accuracy(self, name: str) -> float:
-        """The experiment's final val_accuracy, read from its commit under refs/exps: found by
-        name whatever commit it started from (HEAD may move while a search runs)."""
+    @staticmethod
+    def _experiment_refs(name: str) -> list[str]:
+        """The experiment's refs under refs/exps, newest first: found by name whatever commit
+        it started from (HEAD may move while a search runs)."""
         refs = subprocess.run(
             ["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.split()
-        found = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+        return [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+
+    @staticmethod
+    def _discard(name: str) -> None:
+        """A pruned trial leaves no experiment, also one whose run ended before the signal."""
+        if Tuner._experiment_refs(name):
+            subprocess.run([tool("dvc"), "exp", "remove", name], check=True, capture_output=True)
+
+    def _validation_accuracy(self, name: str) -> float:
+        """The experiment's final val_accuracy, read from its commit under refs/exps."""
+        found = self._experiment_refs(name)
         if not found:
             raise RuntimeError(f"experiment {name} has no ref under refs/exps")
         shown = subprocess.run(
@@ -245,6 +259,8 @@ class Tuner:
         query = f"tags.`dvc.exp_name` = '{name}' and tags.`mlflow.parentRunId` = '{self.parent}'"
         for child in self.client.search_runs([self.experiment], query):
             self.client.set_tag(child.info.run_id, "optuna.state", state)
+            if state == "pruned" and child.info.status != "KILLED":  # it ran to its end
+                self.client.set_terminated(child.info.run_id, "KILLED")
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Keep the parent run's record of the best trial and Optuna's plots current."""

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from commands import tune as tune_command
 from commands.tune import load_space
 from mnist_dense.cli import PipelineError
-from tests.conftest import ROOT, experiments
+from tests.conftest import ROOT, exp_run, experiments
 
 SPACE = {
     "train.learning_rate": {"low": 0.00001, "high": 0.03, "log": True},
@@ -154,6 +154,17 @@ def test_a_trial_clearly_behind_is_pruned_and_leaves_no_experiment(searchable):
     assert pruned.data.tags["optuna.state"] == "pruned" and pruned.info.status == "KILLED"
     leftovers = list((folder / ".dvc" / "tmp" / "exps" / "run").glob("*prune-3*"))
     assert leftovers == []
+
+
+def test_a_pruned_trial_that_ran_to_its_end_leaves_no_experiment(searchable, monkeypatch):
+    """The prune signal can land after DVC saved the trial's experiment: it is removed."""
+    folder, env = searchable
+    exp_run(folder, env, "finished-first", "train.epochs=1")
+    assert "finished-first" in experiments(folder, env)
+    monkeypatch.chdir(folder)
+    tune_command.Tuner._discard("finished-first")
+    assert "finished-first" not in experiments(folder, env)
+    tune_command.Tuner._discard("finished-first")  # gone already: nothing to do
 
 
 def test_a_worker_killed_mid_trial_leaves_it_failed_and_another_carries_on(searchable):
