@@ -56,6 +56,7 @@ class PreprocessParams(_Section):
     seed: int = Field(ge=0)
     deskew: bool
     stroke_width: float = Field(ge=0, le=6)
+    crossed_sevens: float = Field(ge=0, le=1)
 
     @property
     def normalization(self) -> Normalization:

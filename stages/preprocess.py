@@ -3,8 +3,10 @@
 Pixels become float32 in [0, 1], flattened to 784. A validation set is split off the
 60,000 training images, either stratified by class (seeded) or, to mirror Keras'
 `validation_split`, as the last images in file order. Labels stay integers 0-9 (uint8);
-the train stage encodes them as its loss needs. Optionally every image is deskewed and its
-pen width normalized (mnist_dense/normalize.py, the same function predict applies).
+the train stage encodes them as its loss needs. Optionally a share of the training 7s is
+drawn crossed, as much of the world writes them (mnist_dense/glyphs.py), and every image is
+deskewed and its pen width normalized (mnist_dense/normalize.py, the same function predict
+applies).
 """
 
 import math
@@ -15,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import save_arrays
+from mnist_dense.glyphs import cross_sevens
 from mnist_dense.idx import read_idx
 from mnist_dense.normalize import normalize
 from mnist_dense.params import PreprocessParams, load_params
@@ -68,8 +71,11 @@ def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:
     test_images, test_labels = load_images_and_labels(RAW_DIR, "t10k")
     train_idx, val_idx = split_indices(labels, params)
     how = params.normalization
+    train_images = cross_sevens(
+        images[train_idx], labels[train_idx], params.crossed_sevens, params.seed
+    )  # before normalizing: predict normalizes a crossed 7 with its bar
     arrays = {
-        "x_train": normalize(scale(images[train_idx]), how),
+        "x_train": normalize(scale(train_images), how),
         "y_train": labels[train_idx],
         "x_val": normalize(scale(images[val_idx]), how),
         "y_val": labels[val_idx],

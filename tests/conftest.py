@@ -56,6 +56,7 @@ TINY_PARAMS = {
         "seed": 0,
         "deskew": False,
         "stroke_width": 0.0,
+        "crossed_sevens": 0.0,
     },
     "train": {
         "hidden_units": [32],
@@ -147,6 +148,19 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         col = 1 + 5 * (label % 5) + rng.integers(-1, 2)
         image[row : row + 7, max(col, 0) : col + 7] = 255
     return images, labels
+
+
+def sevens_and_ones(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` uint8 7s (a top bar and a slanted stem, 3 pixels wide) and as many 1s."""
+    seven = np.zeros((28, 28), np.uint8)
+    seven[4:7, 7:21] = 255
+    for row in range(7, 25):
+        col = round(19 - (row - 7) * 0.4)
+        seven[row, col - 1 : col + 2] = 255
+    one = np.zeros((28, 28), np.uint8)
+    one[4:25, 13:16] = 255
+    images = np.stack([seven] * count + [one] * count)
+    return images, np.array([7] * count + [1] * count, np.uint8)
 
 
 def write_mnist(folder: Path, train_count: int = 300, test_count: int = 100) -> dict[str, str]:

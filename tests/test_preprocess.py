@@ -7,7 +7,7 @@ from mnist_dense.normalize import Normalization, normalize
 from mnist_dense.params import parse_params
 from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
 from stages.preprocess import preprocess
-from tests.conftest import synthetic_digits, tiny_params, write_idx
+from tests.conftest import sevens_and_ones, synthetic_digits, tiny_params, write_idx
 
 NAMES = ["x_train", "y_train", "x_val", "y_val", "x_test", "y_test"]
 
@@ -89,3 +89,15 @@ def test_every_array_is_normalized_by_the_shared_function(workdir):
         assert np.array_equal(normalized[name], normalize(plain[name], how)), name
         assert not np.array_equal(normalized[name], plain[name]), name
     assert all(np.array_equal(plain[n], normalized[n]) for n in ("y_train", "y_val", "y_test"))
+
+
+def test_crossed_sevens_change_training_sevens_only_before_normalizing(workdir):
+    images, labels = sevens_and_ones(150)  # 7s and 1s of a real shape: room for a bar
+    write_idx(RAW_DIR / "train-images-idx3-ubyte.gz", images)
+    write_idx(RAW_DIR / "train-labels-idx1-ubyte.gz", labels)
+    plain = preprocess(params(deskew=True))
+    crossed = preprocess(params(deskew=True, crossed_sevens=1.0))
+    changed = (crossed["x_train"] != plain["x_train"]).any(axis=1)
+    assert changed.any() and set(crossed["y_train"][changed]) == {7}
+    for name in ("x_val", "x_test", "y_train", "y_val", "y_test"):
+        assert np.array_equal(crossed[name], plain[name]), name
