@@ -5,6 +5,9 @@ scanner might have made it, an equal share per writing style:
 - as written; low resolution (drawn 8-12 pixels tall, then scaled up: blurred);
 - a thin pen and a thick pen; slant (sheared 10-20 degrees either way);
 - a 1 with a flag and a base, a crossed 7 (styles common outside the US; 1s and 7s only).
+  The default trains on crossed 7s of its own (`preprocess.crossed_sevens`, drawn by other
+  code with other randomness: mnist_dense/glyphs.py), so that style says the lever works,
+  not that every writer's 7 is read.
 Then it redraws each as a photo or scan might show it: larger, on a bigger canvas, off-centre,
 mostly dark ink on light paper of some colour (some light on dark, some plain gray), softened
 by blur, with sensor noise, saved as PNG, JPEG, BMP or GIF. It runs every file through
