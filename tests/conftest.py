@@ -342,6 +342,19 @@ def client_of(project: Path):
     return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
 
 
+def versions(client) -> dict[str, object]:
+    """The registered model's versions, by number."""
+    from mnist_dense.registry import MODEL_NAME
+
+    return {str(v.version): v for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+
+
+def champion_version(client) -> str:
+    from mnist_dense.registry import ALIAS, MODEL_NAME
+
+    return str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
+
+
 # Projects ----------------------------------------------------------------------------------
 
 
@@ -500,7 +513,8 @@ SWEEP = ("train.learning_rate=0.002,0.02", "train.batch_size=16,64", "train.epoc
 @pytest.fixture(scope="session")
 def swept(built_project, tmp_path_factory) -> Sweep:
     """A copy of the built project after `dvc exp run --queue` of SWEEP and `dvc queue start
-    -j 2`, once per session: the pipeline's and the registry's tests read it."""
+    -j 2`, once per session: test_pipeline.py's tests read it (only they, so that one
+    pytest-xdist worker builds it)."""
     from mnist_dense.registry import MODEL_NAME
     from tooling.dvc_queue import run_queue
 

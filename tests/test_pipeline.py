@@ -18,11 +18,13 @@ import yaml
 
 from mnist_dense.model import load_model
 from mnist_dense.provenance import dvc_lock_outputs, file_md5
+from mnist_dense.registry import ALIAS, MODEL_NAME
 from mnist_dense.served_model import example_image
 from tests.conftest import (
     BIN,
     DVC,
     EXPERIMENTS,
+    champion_version,
     client_of,
     exp_run,
     experiments,
@@ -30,6 +32,7 @@ from tests.conftest import (
     sh,
     sha256,
     tracking_store,
+    versions,
     write_params,
 )
 from tests.servers import post
@@ -305,6 +308,19 @@ def test_queued_sweep_with_two_workers_loses_nothing(swept):
         for run in new_runs
     }
     assert swept == {(0.002, 16), (0.002, 64), (0.02, 16), (0.02, 64)}
+
+
+def test_two_queue_workers_registering_at_once_keep_all_versions_and_one_champion(swept):
+    client = client_of(swept.project)
+    added = set(versions(client)) - swept.versions_before
+    assert len(added) == 4
+    holders = [
+        number
+        for number in versions(client)
+        if ALIAS in client.get_model_version(MODEL_NAME, number).aliases
+    ]
+    assert holders == [champion_version(client)]
+    assert all("champion.decision" in versions(client)[v].tags for v in added)
 
 
 def test_history_csv_is_the_per_epoch_record_of_the_run(project):

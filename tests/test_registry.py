@@ -10,21 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from commands import predict, registry
 from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
-from tests.conftest import client_of, exp_run, sh, tracking_store
+from tests.conftest import champion_version, client_of, exp_run, sh, tracking_store, versions
 from tests.servers import post
-
-
-def versions(client: MlflowClient) -> dict[str, object]:
-    return {str(v.version): v for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
-
-
-def champion_version(client: MlflowClient) -> str:
-    return str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
 
 
 def test_the_rule_compares_validation_accuracy_on_the_same_validation_set_only():
@@ -125,19 +116,6 @@ def test_promoting_by_hand_records_who_and_why(in_project, call_main, monkeypatc
     missing = call_main(registry.main, "promote", "999", "--why", "x")
     assert missing.code == 1
     assert missing.err.strip() == f"error: {MODEL_NAME} has no version 999"
-
-
-def test_two_queue_workers_registering_at_once_keep_all_versions_and_one_champion(swept):
-    client = client_of(swept.project)
-    added = set(versions(client)) - swept.versions_before
-    assert len(added) == 4
-    holders = [
-        number
-        for number in versions(client)
-        if ALIAS in client.get_model_version(MODEL_NAME, number).aliases
-    ]
-    assert holders == [champion_version(client)]
-    assert all("champion.decision" in versions(client)[v].tags for v in added)
 
 
 @pytest.fixture
