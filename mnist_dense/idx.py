@@ -76,7 +76,10 @@ def parse_idx(
         )
     if stream.read(1):
         raise IdxError(f"{name}: unexpected data after the {size} values of shape {dims}")
-    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    try:
+        return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    except ValueError:  # a zero beside dimensions whose product no array can have
+        raise IdxError(f"{name}: shape {dims} is too large for an array") from None
 
 
 def read_idx(path: Path, shape: tuple[int | None, ...]) -> np.ndarray:

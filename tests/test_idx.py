@@ -127,6 +127,15 @@ def test_fuzz_headers_never_allocate_beyond_the_data(dims, body, type_code):
     assert peak < 4 * len(body) + 4 * CHUNK
 
 
+def test_an_empty_shape_no_array_can_have_is_rejected(tmp_path):
+    """Found by the fuzzer: 0 values, but the other dimensions overflow numpy's size."""
+    path = tmp_path / "x.gz"
+    header = struct.pack(">HBB3I", 0, 0x08, 3, 0, 3_036_988_439, 3_037_012_561)
+    path.write_bytes(gzip.compress(header, mtime=0))
+    with pytest.raises(IdxError, match=r"x.gz: shape \(0, 3036988439, 3037012561\) is too large"):
+        read_idx(path, (None, None, None))
+
+
 @given(payload=st.binary(max_size=2048), shape=st.sampled_from(SHAPES))
 def test_fuzz_decompressed_content(payload, shape):
     try:
