@@ -1,6 +1,6 @@
 """Shared fixtures and helpers: tiny synthetic MNIST-format data, written as real gzipped IDX
-files; throwaway git + DVC copies of the project, built once per session; command runners;
-the test tiers; and the CI rule on skips.
+files; throwaway git + DVC copies of the project, built once per test run and shared by the
+xdist workers; command runners; the test tiers; and the CI rule on skips.
 
 Each "digit" is a bright 7x7 block at a class-specific place, jittered and noisy: easy
 enough for a small dense net to learn in a few epochs, so accuracy far above chance
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 
 from mnist_dense.provenance import file_sha256 as sha256
 from tests.servers import chromium, mlflow_server, model_server, postgres  # noqa: F401 (fixtures)
@@ -175,10 +176,10 @@ def write_mnist(folder: Path, train_count: int = 300, test_count: int = 100) -> 
 
 
 @pytest.fixture(scope="session")
-def tiny_mirror(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def tiny_mirror(tmp_path_factory, worker_id) -> tuple[Path, dict[str, str]]:
     """A folder holding tiny MNIST files, and their checksums."""
-    folder = tmp_path_factory.mktemp("mirror")
-    return folder, write_mnist(folder)
+    folder = once_per_run(tmp_path_factory, worker_id, "mirror", write_mnist)
+    return folder, {name: sha256(folder / name) for names in FILES.values() for name in names}
 
 
 @pytest.fixture(scope="session")
@@ -355,6 +356,31 @@ def champion_version(client) -> str:
     return str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
 
 
+# Built once per test run -------------------------------------------------------------------
+
+
+def once_per_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_id: str,
+    name: str,
+    build: Callable[[Path], object],
+) -> Path:
+    """The folder `name`, made by `build` once per test run and shared by all pytest-xdist
+    workers (xdist's documented FileLock pattern): the first worker to need it builds it, any
+    other waits for it. Session fixtures would build it once per worker, on both cores at
+    once. Tests only read it or copy it."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the run's folder, above each worker's own
+    folder, built = root / name, root / f"{name}.built"
+    with FileLock(root / f"{name}.lock"):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            build(folder)
+            built.touch()
+    return folder
+
+
 # Projects ----------------------------------------------------------------------------------
 
 
@@ -420,12 +446,14 @@ def exp_run(project: Path, env: dict, name: str, *overrides: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def built_project(tmp_path_factory, tiny_mirror) -> tuple[Path, dict]:
-    """make_project, committed and `dvc repro`'d, once per session: tests get copies."""
-    folder = tmp_path_factory.mktemp("built") / "project"
-    env = make_project(folder, *tiny_mirror)
-    sh(DVC, "repro", cwd=folder, env=env)
-    return folder, env
+def built_project(tmp_path_factory, worker_id, tiny_mirror) -> tuple[Path, dict]:
+    """make_project, committed and `dvc repro`'d, once per run: tests get copies."""
+
+    def build(folder: Path) -> None:
+        sh(DVC, "repro", cwd=folder, env=make_project(folder, *tiny_mirror))
+
+    folder = once_per_run(tmp_path_factory, worker_id, "built-project", build)
+    return folder, project_environment(tiny_mirror[0])
 
 
 @pytest.fixture
@@ -439,14 +467,17 @@ EXPERIMENTS = {"one-epoch": "train.epochs=1", "two-epochs": "train.epochs=2"}
 
 
 @pytest.fixture(scope="session")
-def built_experiments(built_project, tmp_path_factory) -> tuple[Path, dict]:
+def built_experiments(built_project, tmp_path_factory, worker_id) -> tuple[Path, dict]:
     """The built project plus two DVC experiments (EXPERIMENTS), each an MLflow run named
-    after it, made once per session."""
+    after it, made once per run."""
     source, env = built_project
-    folder = copy_of(source, tmp_path_factory.mktemp("experiments") / "project")
-    for name, override in EXPERIMENTS.items():
-        exp_run(folder, env, name, override)
-    return folder, env
+
+    def build(folder: Path) -> None:
+        copy_of(source, folder)
+        for name, override in EXPERIMENTS.items():
+            exp_run(folder, env, name, override)
+
+    return once_per_run(tmp_path_factory, worker_id, "built-experiments", build), env
 
 
 @pytest.fixture
@@ -480,19 +511,24 @@ def _output_files(project: Path, lock: dict[str, str]) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="session")
-def forced_rerun(built_project, tmp_path_factory) -> ForcedRerun:
-    """A copy of the built project forced to re-run every stage, once per session."""
+def forced_rerun(built_project, tmp_path_factory, worker_id) -> ForcedRerun:
+    """A copy of the built project forced to re-run every stage, once per run. "Before" is
+    the built project, which the copy was until the re-run."""
     from mnist_dense.provenance import dvc_lock_outputs
 
     source, env = built_project
-    folder = copy_of(source, tmp_path_factory.mktemp("rerun") / "project")
-    before = dvc_lock_outputs(folder / "dvc.lock")
-    files_before, runs_before = _output_files(folder, before), _run_count(folder)
-    sh(DVC, "repro", "--force", "--no-run-cache", cwd=folder, env=env)
-    after = dvc_lock_outputs(folder / "dvc.lock")
+
+    def build(folder: Path) -> None:
+        project = copy_of(source, folder / "project")
+        (folder / "runs-before.txt").write_text(str(_run_count(project)))
+        sh(DVC, "repro", "--force", "--no-run-cache", cwd=project, env=env)
+
+    built = once_per_run(tmp_path_factory, worker_id, "forced-rerun", build)
+    folder = built / "project"
+    before, after = dvc_lock_outputs(source / "dvc.lock"), dvc_lock_outputs(folder / "dvc.lock")
     return ForcedRerun(
-        folder, before, after, runs_before, _run_count(folder), files_before,
-        _output_files(folder, after),
+        folder, before, after, int((built / "runs-before.txt").read_text()), _run_count(folder),
+        _output_files(source, before), _output_files(folder, after),
     )  # fmt: skip
 
 
