@@ -19,8 +19,7 @@ import tensorflow as tf
 
 from commands.presets import apply, load_presets
 from mnist_dense.augment import Distort
-from mnist_dense.fit import configure_threads
-from mnist_dense.model import build_model, make_loss, make_optimizer
+from mnist_dense.model import build_model, configure_threads, make_loss, make_optimizer
 from mnist_dense.params import PARAMS_FILE, parse_params, read_yaml
 from mnist_dense.shape import CLASSES, PIXELS, SIDE
 

@@ -41,6 +41,7 @@ ENVIRONMENT = {
     "kernels.path": "another kernel path (mnist_dense/kernels.py)",
     "env.cpu_flags": "another CPU instruction set",
     "env.cpu": "another CPU model",
+    "env.l1d_cache": "another L1 data cache size (Eigen slices long matrix products by it)",
     "env.threads": "another thread count",
     "env.requirements_sha256": "another requirements.txt (other library versions)",
     "env.tensorflow": "another TensorFlow",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.paths import MODEL, RUN_INFO
-from mnist_dense.provenance import cpu_flags, cpu_name, dvc_lock_outputs
+from mnist_dense.provenance import cpu_flags, cpu_name, dvc_lock_outputs, l1_data_cache
 from tooling.processes import clean_environment, sh
 from tooling.project_copy import STAGES, copy_project, rerun_from_scratch
 
@@ -88,7 +88,8 @@ def machine_row(recorded: dict[str, str], rerun: dict[str, str], path: str) -> s
     flags = " ".join(cpu_flags()) or "?"
     model = rerun.get(str(MODEL), "-")
     same = "identical" if model == recorded.get(str(MODEL)) else "DIFFERENT"
-    return f"machine row: | {cpu_name()} | {flags} | {path} | `{model[:8]}` | {same} |"
+    cpu = f"{cpu_name()}, L1d {l1_data_cache()}"
+    return f"machine row: | {cpu} | {flags} | {path} | `{model[:8]}` | {same} |"
 
 
 if __name__ == "__main__":

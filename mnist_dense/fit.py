@@ -20,23 +20,6 @@ import tensorflow as tf
 from mnist_dense.model import EVAL_BATCH
 
 
-def configure_threads(threads: int) -> None:
-    """Run TensorFlow's ops on `threads` threads (0: TensorFlow's default, all cores).
-
-    The thread count decides how matrix products are split into partial sums, so it changes
-    the last bits of the weights (a test shows it); it is a param for that reason. TensorFlow
-    fixes its thread pools at its first op; in a process that already ran one (a test calling
-    the stage in-process) the setting is left as it is.
-    """
-    if not threads:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass
-
-
 def _accuracy_counts(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
     """How many rows are classified correctly (integer labels)."""
     predicted = tf.argmax(probabilities, axis=1, output_type=tf.int32)

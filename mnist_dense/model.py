@@ -201,6 +201,25 @@ def _number_shared_objects(node: object, numbers: dict[int, int]) -> object:
     return node
 
 
+def configure_threads(threads: int) -> None:
+    """Run TensorFlow's ops on `threads` threads (0: TensorFlow's default, all cores).
+
+    The thread count decides how matrix products are split into partial sums, so it changes
+    the last bits of the weights and of the predictions (tests/test_kernels.py shows it for
+    the predictions); it is a param for that reason, and evaluate uses it too, so the test
+    metrics do not depend on how many cores the machine has. TensorFlow
+    fixes its thread pools at its first op; in a process that already ran one (a test calling
+    the stage in-process) the setting is left as it is.
+    """
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+
+
 def load_model(path: Path) -> keras.Model:
     """Load a .keras model in safe mode: no arbitrary code from the file runs."""
     return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -114,6 +114,24 @@ def cpu_flags() -> list[str]:
     return [flag for flag in BIT_DECIDING_FLAGS if flag in present]
 
 
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def l1_data_cache(caches: Path = CPU_CACHES) -> str:
+    """The L1 data cache of one core, as Linux reports it ("48K"; "?" where unknown). Eigen
+    reads it from the CPU to cut a matrix product's inner dimension into slices, so CPUs with
+    other sizes may sum in another order (docs/reproducibility.md)."""
+    for index in sorted(caches.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "1" and (
+                (index / "type").read_text().strip() == "Data"
+            ):
+                return (index / "size").read_text().strip()
+        except OSError:
+            continue
+    return "?"
+
+
 def _cpuinfo() -> list[str]:
     try:
         return Path("/proc/cpuinfo").read_text().splitlines()
@@ -143,6 +161,7 @@ def environment(threads: int) -> dict[str, str]:
         "env.platform": platform.platform(),
         "env.cpu": cpu_name(),
         "env.cpu_flags": " ".join(cpu_flags()),
+        "env.l1d_cache": l1_data_cache(),
         "env.cpu_count": str(os.cpu_count()),
         "env.usable_cores": str(usable_cores()),
         "env.threads": str(threads or usable_cores()),

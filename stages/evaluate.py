@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score, log
 from mnist_dense import figures, kernels, publish, tracking
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
-from mnist_dense.model import load_model, predict
+from mnist_dense.model import configure_threads, load_model, predict
 from mnist_dense.params import Params, load_params
 from mnist_dense.paths import (
     CONFUSION_PNG,
@@ -72,6 +72,7 @@ def _load(path: Path) -> keras.Model:
 
 def evaluate(params: Params) -> dict:
     kernels.require(params.train.kernels)  # the model computes here too
+    configure_threads(params.train.threads)  # and splits its sums by the thread count
     with tracking.existing_run(_training_run_id()) as (log, recorded):
         model = _load(MODEL)
         arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])

@@ -19,8 +19,15 @@ from mnist_dense.augment import Distort
 from mnist_dense.cli import PipelineError, first_line, raise_if_interrupted, run
 from mnist_dense.figures import png_bytes, training_curves
 from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
-from mnist_dense.fit import EpochTrainer, configure_threads, run_epochs
-from mnist_dense.model import build_model, make_loss, make_optimizer, precision_policy, save_model
+from mnist_dense.fit import EpochTrainer, run_epochs
+from mnist_dense.model import (
+    build_model,
+    configure_threads,
+    make_loss,
+    make_optimizer,
+    precision_policy,
+    save_model,
+)
 from mnist_dense.params import Params, load_params
 from mnist_dense.paths import CURVES_PNG, HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
 from mnist_dense.provenance import file_md5

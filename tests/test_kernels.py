@@ -12,7 +12,7 @@ import pytest
 from mnist_dense import kernels, quiet
 from mnist_dense.cli import PipelineError
 from mnist_dense.params import load_params, parse_params
-from mnist_dense.provenance import file_md5
+from mnist_dense.provenance import file_md5, l1_data_cache
 from stages import preprocess, train
 from tests.conftest import ROOT, tiny_params, write_params
 
@@ -145,6 +145,18 @@ def simulated_cpu(mode: str, cap: str | None, rewrites: str) -> dict[str, str]:
     return env | {"TF_ENABLE_ONEDNN_OPTS": rewrites} | ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
 
 
+def test_the_l1_data_cache_is_read_from_the_level_1_data_entry(tmp_path):
+    """Eigen slices long products by this size, so runs record it (env.l1d_cache)."""
+    entries = [("1", "Instruction", "32K"), ("1", "Data", "48K"), ("2", "Unified", "2048K")]
+    for index, (level, kind, size) in enumerate(entries):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in {"level": level, "type": kind, "size": size}.items():
+            (folder / name).write_text(value + "\n")
+    assert l1_data_cache(tmp_path) == "48K"
+    assert l1_data_cache(tmp_path / "missing") == "?"
+
+
 def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_not(
     workdir, tmp_path, run_command
 ):
@@ -171,6 +183,45 @@ def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_n
     native = {run: md5 for run, md5 in md5s.items() if run[0] == "native"}
     assert len(portable) >= 4 and len(set(portable.values())) == 1, portable
     assert len(set(native.values())) > 1, native
+
+
+SCORE = """
+import os
+os.sched_setaffinity(0, {cores})  # the cores a machine would have, before TensorFlow loads
+import mnist_dense  # the project's kernel path
+import hashlib
+import keras
+import numpy as np
+from mnist_dense.model import configure_threads, predict
+configure_threads({threads})
+keras.utils.set_random_seed(0)
+layers = [keras.Input((784,)), keras.layers.Dense(512, "relu"), keras.layers.Dense(10, "softmax")]
+pixels = np.random.default_rng(0).random((2000, 784), np.float32)
+print(hashlib.md5(predict(keras.Sequential(layers), pixels).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow  # four processes, each loading TensorFlow
+def test_scores_on_the_params_threads_do_not_depend_on_the_cores_of_the_machine(tmp_path):
+    """evaluate scores on train.threads threads, so a machine with more cores gets the same
+    test metrics; on TensorFlow's default (a thread per usable core) the bits would differ."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a machine with two cores to simulate one with one")
+
+    def md5(case: tuple[set[int], int]) -> str:
+        cores, threads = case
+        code = SCORE.format(cores=cores, threads=threads)
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    cases = [({0}, 2), ({0, 1}, 2), ({0}, 0), ({0, 1}, 0)]
+    with ThreadPoolExecutor(2) as pool:
+        pinned_one, pinned_two, default_one, default_two = pool.map(md5, cases)
+    assert pinned_one == pinned_two
+    assert default_one != default_two
 
 
 # Only our lines on the terminal -------------------------------------------------------------

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from mnist_dense.model import load_model
-from mnist_dense.provenance import dvc_lock_outputs, file_md5
+from mnist_dense.provenance import dvc_lock_outputs, file_md5, l1_data_cache
 from mnist_dense.registry import ALIAS, MODEL_NAME
 from mnist_dense.served_model import example_image
 from tests.conftest import (
@@ -113,6 +113,7 @@ def test_mlflow_run_records_what_reproduces_it(project):
     assert tags["git.dirty"] == "false"
     for name in ("python", "tensorflow", "keras", "numpy", "platform", "cpu", "threads"):
         assert tags[f"env.{name}"], name
+    assert tags["env.l1d_cache"] == l1_data_cache() != "?"
     assert tags["env.keras"] == keras_version()
     assert tags["env.threads"] == "1"  # the tiny params' train.threads
     assert tags["kernels.mode"] == "portable" and tags["kernels.onednn_rewrites"] == "off"

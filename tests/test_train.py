@@ -165,6 +165,14 @@ def test_evaluate_scores_the_model_on_the_test_set(processed):
     assert (predictions["actual"] == predictions["predicted"]).mean() == metrics["test_accuracy"]
 
 
+def test_evaluate_scores_on_the_threads_the_params_give(processed, monkeypatch):
+    train(load_params())
+    asked = []
+    monkeypatch.setattr("stages.evaluate.configure_threads", asked.append)
+    evaluate(load_params())
+    assert asked == [load_params().train.threads]
+
+
 def test_categorical_loss_trains_on_integer_labels_and_evaluates(workdir):
     write_params(workdir, train={"loss": "categorical_crossentropy"})
     preprocess(load_params().preprocess)
