@@ -105,6 +105,22 @@ def test_a_cluster_folder_with_a_space_is_quoted_through_pg_ctl(tmp_path):
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.services  # runs Debian's initdb
+def test_an_initdb_that_fails_leaves_no_password_file_behind():
+    if postgres.postgres_bin() is None:
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql; .ci/run does)")
+    top = Path(tempfile.mkdtemp(prefix="test-postgres-"))  # PostgreSQL's user can enter it
+    cluster = Postgres(top / "cluster", free_port(), "pw-" + os.urandom(8).hex(), durable=False)
+    try:
+        cluster.data.mkdir(parents=True)
+        (cluster.data / "taken").write_text("initdb refuses a folder that is not empty\n")
+        with pytest.raises(ServiceError, match="initdb failed"):
+            cluster.init()
+        assert sorted(path.name for path in cluster.folder.iterdir()) == ["data"]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @contextmanager
 def as_user(username: str, password: str) -> Iterator[None]:
     """MLflow clients in this process authenticate as `username` for the block."""
