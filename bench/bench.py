@@ -15,21 +15,27 @@
    per batch (bench/profile_step.py).
 7. The portable kernel path against the native one: the seed-notebook preset and the default,
    training time and test accuracy side by side.
+8. Each stage's start-up, at HEAD against the tree before the one quiet entry point and the
+   download stage without TensorFlow (START_UP_BEFORE).
 
 Everything runs in a scratch folder (the project's workspace and MLflow store are not
 touched); data/raw must exist (`dvc repro download`). Prints a Markdown report and writes
 it to results/bench.md. `--only kernels` runs section 7 alone and writes
-results/bench-kernels.md (`make bench ARGS='--only kernels'`).
+results/bench-kernels.md (`make bench ARGS='--only kernels'`); `--only start-up`, section 8,
+results/bench-start-up.md.
 """
 
 import argparse
+import io
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -393,9 +399,54 @@ def kernel_paths_side_by_side(scratch: Path, env: dict, presets: dict, report: R
     )
 
 
+START_UP_BEFORE = "6a5858e"  # the last commit before the start-up work
+START_UP_RUNS = 5
+# what each stage does before its work: download runs whole (from a local mirror: it should
+# never load TensorFlow, which it once did for keras.utils.get_file); the others import
+START_UP = {
+    "download": ["-m", "stages.download"],
+    **{name: ["-c", f"import stages.{name}"] for name in ("preprocess", "train", "evaluate")},
+}
+
+
+def start_ups(scratch: Path, env: dict, report: Report) -> None:
+    """Section 8: each stage's start-up at START_UP_BEFORE and at HEAD (both extracted with
+    git archive), one after the other, median of START_UP_RUNS."""
+    trees = {rev: scratch / f"tree-{rev}" for rev in (START_UP_BEFORE, "HEAD")}
+    for rev, tree in trees.items():
+        archive = subprocess.run(
+            ["git", "archive", rev], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as files:
+            files.extractall(tree, filter="data")
+    env = env | {"MNIST_MIRROR": str(ROOT / "data" / "raw")}
+    rows = []
+    for name, arguments in START_UP.items():
+        seconds = {tree: [] for tree in trees.values()}
+        for _ in range(START_UP_RUNS):
+            for tree, times in seconds.items():
+                shutil.rmtree(tree / "data" / "raw", ignore_errors=True)
+                times.append(measure([sys.executable, *arguments], tree, env).seconds)
+        old, new = (statistics.median(times) for times in seconds.values())
+        shown = " ".join(arguments)
+        rows.append(f"| {name} | `python {shown}` | {old:.2f} s | {new:.2f} s | {new / old:.2f}x |")
+    report(
+        "",
+        "## 8. Start-up of each stage",
+        "",
+        f"What each stage does before its first line of work, at `{START_UP_BEFORE}` and at "
+        f"HEAD, one after the other, median of {START_UP_RUNS}: the download stage whole, from "
+        "a local mirror; the others their imports.",
+        "",
+        f"| stage | measured | `{START_UP_BEFORE}` | HEAD | HEAD / before |",
+        "|---|---|---|---|---|",
+        *rows,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["kernels"], help="one section alone")
+    parser.add_argument("--only", choices=["kernels", "start-up"], help="one section alone")
     only = parser.parse_args().only
     command = f"make bench ARGS='--only {only}'" if only else "make bench"
     if not (ROOT / "data" / "raw").is_dir():
@@ -419,6 +470,9 @@ def main() -> None:
         if only == "kernels":
             kernel_paths_side_by_side(scratch, env, presets, report)
             return finish(lines, ROOT / "results" / "bench-kernels.md")
+        if only == "start-up":
+            start_ups(scratch, env, report)
+            return finish(lines, ROOT / "results" / "bench-start-up.md")
         notebook = seed_notebook_against_baseline(
             scratch, env, presets["seed-notebook"]["overrides"], report
         )
@@ -428,6 +482,7 @@ def main() -> None:
         precision_side_by_side(scratch, env, presets["best"]["overrides"], report)
         step_profile(env, report)
         kernel_paths_side_by_side(scratch, env, presets, report)
+        start_ups(scratch, env, report)
     finish(lines, RESULTS)
 
 
