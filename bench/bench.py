@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -428,7 +429,7 @@ def start_ups(scratch: Path, env: dict, report: Report) -> None:
                 shutil.rmtree(tree / "data" / "raw", ignore_errors=True)
                 times.append(measure([sys.executable, *arguments], tree, env).seconds)
         old, new = (statistics.median(times) for times in seconds.values())
-        shown = " ".join(arguments)
+        shown = shlex.join(arguments)
         rows.append(f"| {name} | `python {shown}` | {old:.2f} s | {new:.2f} s | {new / old:.2f}x |")
     report(
         "",
