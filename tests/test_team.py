@@ -436,7 +436,7 @@ def test_two_tuner_workers_share_a_study_in_the_stacks_postgresql(stack):
     (folder / "space.yaml").write_text(
         yaml.safe_dump({"train.learning_rate": {"low": 0.003, "high": 0.03, "log": True}})
     )
-    command = [sys.executable, "-m", "commands.tune", "--space", "space.yaml", "--trials", "2"]
+    command = [sys.executable, "-m", "commands.tune", "--space", "space.yaml", "--trials", "1"]
     command += ["--study", "team-study", "-S", "train.epochs=2"]  # the storage: team-env's
     workers = [
         subprocess.Popen(
@@ -455,13 +455,13 @@ def test_two_tuner_workers_share_a_study_in_the_stacks_postgresql(stack):
     import optuna
 
     trials = optuna.load_study(study_name="team-study", storage=env["MNIST_TUNE_STORAGE"]).trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert sorted(t.number for t in trials) == [0, 1]  # one each, from the one study
     runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
         [MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("e2e").experiment_id],
         "tags.`optuna.study` = 'team-study'",
     )
     assert sorted(r.info.run_name for r in runs if "optuna.trial" in r.data.tags) == [
-        f"team-study-{n}" for n in range(4)
+        f"team-study-{n}" for n in range(2)
     ]
 
 

@@ -203,13 +203,13 @@ def _trials_or_none(storage: str, name: str) -> list:
 def test_two_workers_share_one_study_in_postgresql(searchable, postgres):
     folder, env = searchable
     env = env | {"MNIST_TUNE_STORAGE": postgres}  # its password: never on a command line
-    workers = [tune(folder, env, "--trials", "2", "--study", "shared") for _ in range(2)]
+    workers = [tune(folder, env, "--trials", "1", "--study", "shared") for _ in range(2)]
     for worker in workers:
         finish(worker)
     trials = optuna.load_study(study_name="shared", storage=postgres).trials
-    assert sorted(t.number for t in trials) == list(range(4))
+    assert sorted(t.number for t in trials) == [0, 1]  # one each, from the one study
     names = [t.user_attrs["dvc_exp"] for t in trials]
-    assert sorted(names) == sorted(f"shared-{n}" for n in range(4))
+    assert sorted(names) == ["shared-0", "shared-1"]
     done = {t.user_attrs["dvc_exp"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert done <= set(experiments(folder, env))
     runs = [r.info.run_name for r in children(folder, "shared") if "optuna.trial" in r.data.tags]
