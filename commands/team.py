@@ -14,12 +14,13 @@ server, all on 127.0.0.1, as a team runs them on its own servers (docs/team.md).
 
 First use generates ports and credentials into .team/stack.json and adds the DVC remote `team`
 (s3://dvc/store) with its endpoint to the git-ignored .dvc/config.local; credentials never enter
-a committed file or a command line. .team/ is its owner's alone: the folder 0700, every file
-0600 from the moment it exists (this process and the servers run under umask 077). As root the
-PostgreSQL cluster runs as the `postgres` user, which cannot enter such a folder, so it lives
-beside it in .team-postgres/. A port in use, a missing binary, a server that does not answer or
-Ctrl-C stops whatever this call started, and says so. MNIST_TEAM_HOME puts the stack in another
-folder (the tests use their own).
+a committed file or a command line. .team/ is its owner's alone: its folders 0700, every file
+0600 from the moment it exists (this process and the servers run under umask 077), bar
+SeaweedFS's volume-info files, which it chmods to 0644 (no secret, and only reachable through
+those folders). As root the PostgreSQL cluster runs as the `postgres` user, which cannot enter
+such a folder, so it lives beside it in .team-postgres/. A port in use, a missing binary, a
+server that does not answer or Ctrl-C stops whatever this call started, and says so.
+MNIST_TEAM_HOME puts the stack in another folder (the tests use their own).
 """
 
 import json
@@ -257,15 +258,15 @@ def start_mlflow(stack: dict, started: Started) -> str:
 
 
 def configure_dvc_remote(stack: dict) -> None:
-    """The DVC remote `team` on the object store; its endpoint in the git-ignored config."""
-    dvc = tool("dvc")
-    root = project_root()
-    for args in (
-        ["remote", "add", "--local", "--force", "team", "s3://dvc/store"],
-        ["remote", "modify", "--local", "team", "endpointurl", s3_endpoint(stack)],
-        ["remote", "default", "--local", "team"],
-    ):
-        subprocess.run([dvc, *args], cwd=root, check=True, capture_output=True)
+    """The DVC remote `team` on the object store, as `dvc remote add --local --force`, `dvc
+    remote modify --local ... endpointurl` and `dvc remote default --local` write it: in the
+    git-ignored config, validated by DVC's own config layer, in process rather than through
+    three DVC start-ups."""
+    from dvc.config import Config
+
+    with Config(str(project_root() / ".dvc")).edit("local") as config:
+        config["remote"]["team"] = {"url": "s3://dvc/store", "endpointurl": s3_endpoint(stack)}
+        config["core"]["remote"] = "team"
 
 
 def up() -> None:

@@ -102,7 +102,8 @@ HEAVY_FIXTURES = {
     "postgres": "services",  # a real PostgreSQL cluster
     "mlflow_server": "services",  # a real `mlflow server`
     "model_server": "services",  # `mlflow models serve`
-    "stack": "services",  # make team-up: PostgreSQL + SeaweedFS + mlflow server
+    "started_stack": "services",  # make team-up: PostgreSQL + SeaweedFS + mlflow server
+    "stack": "services",  # the same, up for the test
     "chromium": "browser",  # headless Chromium through chromedriver
     "real_mnist": "real_data",  # the real MNIST files in ../shared
 }

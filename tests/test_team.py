@@ -51,7 +51,7 @@ from tests.conftest import (
 from tests.servers import gaps, train_with_outage
 from tooling import postgres
 from tooling.postgres import Postgres
-from tooling.processes import ServiceError, command_line, free_port, start_time
+from tooling.processes import ServiceError, command_line, free_port, port_free, start_time
 
 TOOLS = ROOT / ".venv-team"
 # what other tests, on the other worker, make in /tmp through tempfile: its default names,
@@ -134,8 +134,11 @@ def as_user(username: str, password: str) -> Iterator[None]:
             os.environ.pop(key) if value is None else os.environ.update({key: value})
 
 
+Stack = tuple[Path, dict, dict, str]
+
+
 @pytest.fixture(scope="module")
-def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, str]]:
+def started_stack(built_project, tmp_path_factory) -> Iterator[Stack]:
     """`make team-up` for a copy of the built project, shared by this module's tests (one
     stack, as a team has); yields the project, its environment after
     `eval "$(make -s team-env)"`, the stack's settings and team-up's output."""
@@ -161,6 +164,34 @@ def stack(built_project, tmp_path_factory) -> Iterator[tuple[Path, dict, dict, s
     finally:
         team("down", env=env, cwd=folder)
         remove_stack(home)
+
+
+def up(started: Stack) -> Stack:
+    """The module's stack with its three servers up: a test before may have left it down (a
+    down-up cycle ends down, and a failed test anywhere)."""
+    folder, env, settings, _ = started
+    if any(port_free(settings["ports"][name]) for name in ("postgres", "s3", "mlflow")):
+        assert team("up", env=env, cwd=folder).returncode == 0
+    return started
+
+
+@pytest.fixture
+def stack(started_stack) -> Stack:
+    """The module's stack, up."""
+    return up(started_stack)
+
+
+@pytest.fixture(scope="module")
+def logged_run(started_stack, tmp_path_factory) -> tuple[str, Path]:
+    """The pipeline re-run on the stack, once for the module (`dvc repro --force train
+    evaluate`: it logs a run and registers the champion); the run's id and a folder holding its
+    metrics/evaluate.json and models/model.keras as the run left them."""
+    folder, env, _, _ = up(started_stack)
+    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
+    record = tmp_path_factory.mktemp("logged-run")
+    for name in ("metrics/evaluate.json", "models/model.keras"):
+        shutil.copy2(folder / name, record / Path(name).name)
+    return json.loads((folder / "metrics" / "run.json").read_text())["mlflow_run_id"], record
 
 
 def remove_stack(home: Path) -> None:
@@ -212,17 +243,30 @@ def test_no_secret_of_the_stack_is_on_any_command_line(stack):
 
 
 def test_every_file_of_the_stack_is_its_owners_alone(stack):
-    _, env, _, _ = stack
+    """Folders 0700 and files 0600, but for SeaweedFS's volume-info files (.vif): SeaweedFS
+    4.48 chmods them to 0644 itself, whatever the umask. They hold a volume's version and
+    replication, no secret, and sit in 0700 folders that no other user can enter."""
+    _, env, settings, _ = stack
     home = Path(env["MNIST_TEAM_HOME"])
+    client = s3_client(env)  # SeaweedFS makes its volumes on the first write, or its filer's log
+    client.put_object(Bucket="mlflow", Key="probe/owner-only", Body=b"volumes now exist")
     assert home.stat().st_mode & 0o777 == 0o700
-    loose = []
+    loose, volume_info = [], []
     for path in home.rglob("*"):
-        mode = path.lstat().st_mode
-        allowed = 0o700 if path.is_dir() or path.is_socket() else 0o600
-        if mode & 0o777 & ~allowed:
-            loose.append(f"{path}: {mode & 0o777:o}")
+        mode = path.lstat().st_mode & 0o777
+        if path.is_file() and path.suffix == ".vif" and path.parent == home / "seaweedfs":
+            volume_info.append(path)
+            allowed = 0o644
+        else:
+            allowed = 0o700 if path.is_dir() or path.is_socket() else 0o600
+        if mode & ~allowed:
+            loose.append(f"{path}: {mode:o}")
     assert loose == []
+    assert list((home / "seaweedfs").glob("*.dat")) and volume_info  # the volumes were checked
+    for path in volume_info:
+        assert not any(settings[name] in path.read_text() for name in SECRETS), path
     assert {"stack.json", "s3.json", "mlflow-auth.ini"} <= {p.name for p in home.iterdir()}
+    client.delete_object(Bucket="mlflow", Key="probe/owner-only")
 
 
 def test_the_tracking_server_refuses_whoever_does_not_say_who_they_are(stack):
@@ -301,27 +345,30 @@ def test_the_object_stores_own_servers_refuse_requests_without_its_keys(stack):
     assert status_of("POST", f"http://{slot['url']}/{slot['fid']}", b"planted") == 401
 
 
-def objects(env: dict, bucket: str) -> list[str]:
-    client = boto3.client(
+def s3_client(env: dict):
+    """A boto3 S3 client on the stack's object store, with the team's keys."""
+    return boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+
+
+def objects(env: dict, bucket: str) -> list[str]:
+    pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def test_the_pipeline_logs_to_the_stack_and_its_champion_loads_back(stack):
+def test_the_pipeline_logs_to_the_stack_and_its_champion_loads_back(stack, logged_run):
     folder, env, _, _ = stack
-    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
+    run_id, record = logged_run
     uri = env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
-    run_id = json.loads((folder / "metrics" / "run.json").read_text())["mlflow_run_id"]
     run = client.get_run(run_id)
     assert run.data.params["train.epochs"] == "3"
-    evaluate = json.loads((folder / "metrics" / "evaluate.json").read_text())
+    evaluate = json.loads((record / "evaluate.json").read_text())
     assert run.data.metrics["test_accuracy"] == evaluate["test_accuracy"]
 
     # params, per-epoch curves and test metrics are rows of the stack's PostgreSQL
@@ -348,11 +395,8 @@ def test_the_pipeline_logs_to_the_stack_and_its_champion_loads_back(stack):
         assert any(k.endswith(f"{run_id}/artifacts/figures/{figure}") for k in keys), figure
     model_files = [k for k in keys if k.endswith("artifacts/model.keras")]
     assert model_files
-    model_bytes = (folder / "models" / "model.keras").read_bytes()
-    s3 = boto3.client(
-        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
-    )  # fmt: skip
+    model_bytes = (record / "model.keras").read_bytes()
+    s3 = s3_client(env)
     stored = [s3.get_object(Bucket="mlflow", Key=k)["Body"].read() for k in model_files]
     assert model_bytes in stored
 
@@ -364,7 +408,7 @@ def test_the_pipeline_logs_to_the_stack_and_its_champion_loads_back(stack):
     answers = model.predict(pd.DataFrame({"pixels": [x.tolist() for x in x_test]}))
     from mnist_dense.model import load_model
 
-    expected = load_model(folder / "models" / "model.keras").predict(x_test, verbose=0)
+    expected = load_model(record / "model.keras").predict(x_test, verbose=0)
     assert champion.run_id in {r.info.run_id for r in client.search_runs([run.info.experiment_id])}
     assert answers["digit"].tolist() == expected.argmax(axis=1).tolist()
 
@@ -377,10 +421,10 @@ def contents(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def clone(stack, tmp_path_factory) -> Path:
+def clone(started_stack, tmp_path_factory) -> Path:
     """Clone A (the project) committed, pushed to a bare git origin and `dvc push`ed to S3;
     clone B a fresh `git clone` that ran team-up's remote set-up and `dvc pull`."""
-    folder, env, _, _ = stack
+    folder, env, _, _ = up(started_stack)
     origin = tmp_path_factory.mktemp("origin") / "origin.git"
     sh("git", "init", "-q", "--bare", "-b", "main", str(origin), cwd=folder, env=env)
     sh("git", "add", "-A", cwd=folder, env=env)
@@ -617,9 +661,10 @@ def test_data_survives_a_down_up_cycle(stack):
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in objects(env, "mlflow"))
 
 
-def test_a_team_up_predict_team_down_cycle_leaves_tmp_as_it_was(stack, tmp_path):
+def test_a_team_up_predict_team_down_cycle_leaves_tmp_as_it_was(stack, logged_run, tmp_path):
+    """Down, up, predict with the champion, down: the stack ends down (`stack` brings it up
+    again for a test after)."""
     folder, env, _, _ = stack
-    sh(DVC, "repro", "--force", "--no-run-cache", "train", "evaluate", cwd=folder, env=env)
     ink = np.load(folder / "data" / "processed" / "x_test.npy", allow_pickle=False)[0]
     digit = tmp_path / "digit.png"
     Image.fromarray(np.round(255 * (1 - ink.reshape(28, 28))).astype(np.uint8)).save(digit)
@@ -630,15 +675,12 @@ def test_a_team_up_predict_team_down_cycle_leaves_tmp_as_it_was(stack, tmp_path)
     own_tmp.mkdir()
     cycle_env = env | {"TMPDIR": str(own_tmp)}
     before = set(os.listdir(tempfile.gettempdir()))
-    try:
-        assert team("down", env=cycle_env, cwd=folder).returncode == 0
-        assert team("up", env=cycle_env, cwd=folder).returncode == 0
-        predicted = python_module("commands.predict", str(digit), cwd=folder, env=cycle_env)
-        assert predicted.returncode == 0, predicted.stderr
-        assert f"model: models:/{MODEL_NAME}@{ALIAS} (version " in predicted.stderr
-        assert team("down", env=cycle_env, cwd=folder).returncode == 0
-    finally:
-        assert team("up", env=env, cwd=folder).returncode == 0  # for the module's other tests
+    assert team("down", env=cycle_env, cwd=folder).returncode == 0
+    assert team("up", env=cycle_env, cwd=folder).returncode == 0
+    predicted = python_module("commands.predict", str(digit), cwd=folder, env=cycle_env)
+    assert predicted.returncode == 0, predicted.stderr
+    assert f"model: models:/{MODEL_NAME}@{ALIAS} (version " in predicted.stderr
+    assert team("down", env=cycle_env, cwd=folder).returncode == 0
     assert list(own_tmp.iterdir()) == []
     made = set(os.listdir(tempfile.gettempdir())) - before
     assert {name for name in made if not OTHER_TESTS_TEMP.fullmatch(name)} == set()

@@ -6,21 +6,29 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from mnist_dense.store import EXPERIMENT_TAGS
-from tests.conftest import EXPERIMENTS, client_of
+from tests.conftest import EXPERIMENTS, client_of, copy_of
 from tooling import browser
 from tooling.processes import free_port
 
 NAMES = list(EXPERIMENTS)  # two DVC experiments, each an MLflow run named after it
 
 
-@pytest.fixture
-def ui(project_with_experiments):
-    """`make ui`'s command on a free port; yields the address it prints first."""
-    folder, env = project_with_experiments
+@pytest.fixture(scope="module")
+def ui_project(built_experiments, tmp_path_factory) -> Path:
+    """The module's copy of the project with EXPERIMENTS (its tests only read it)."""
+    return copy_of(built_experiments[0], tmp_path_factory.mktemp("ui") / "project")
+
+
+@pytest.fixture(scope="module")
+def ui(ui_project, built_experiments):
+    """`make ui`'s command on a free port, started once for the module's tests (they only
+    read); yields the address it prints first."""
+    folder, env = ui_project, built_experiments[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "commands.ui", "--port", str(free_port())],
         cwd=folder,
@@ -42,9 +50,8 @@ def ui(project_with_experiments):
         process.wait(timeout=30)
 
 
-def test_make_ui_prints_the_address_of_the_runs_view(ui, project_with_experiments):
-    folder, _ = project_with_experiments
-    experiment = client_of(folder).get_experiment_by_name("e2e")
+def test_make_ui_prints_the_address_of_the_runs_view(ui, ui_project):
+    experiment = client_of(ui_project).get_experiment_by_name("e2e")
     assert ui.startswith("http://127.0.0.1:")
     assert ui.endswith(f"/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
     for key, value in EXPERIMENT_TAGS.items():

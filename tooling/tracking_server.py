@@ -9,12 +9,12 @@ the session-signing key. The users live in an SQLite file in the stack's folder.
 import configparser
 import io
 import os
-import warnings
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
 
 ADMIN, TEAM_USER = "admin", "team"
+USERS_API = "/api/2.0/mlflow/users"  # the basic-auth app's routes (mlflow.server.auth.routes)
 
 
 def auth_config(folder: Path) -> str:
@@ -57,25 +57,14 @@ def command(mlflow: str, port: int) -> list[str]:
 
 
 def ensure_user(url: str, admin_password: str, username: str, password: str) -> None:
-    """Create `username` unless the server has it (team-up runs again and again)."""
-    with warnings.catch_warnings():  # the auth client imports the server's app, which warns
-        warnings.simplefilter("ignore")
-        from mlflow.server.auth.client import AuthServiceClient
-
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
-        ADMIN,
-        admin_password,
-    )
-    try:
-        users = AuthServiceClient(url)
-        try:
-            users.get_user(username)
-        except MlflowException:
-            users.create_user(username, password)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    """Create `username` unless the server has it (team-up runs again and again). Through
+    MLflow's REST helpers as the admin: its AuthServiceClient would import the whole server app
+    into team-up, which would then take seconds longer to start."""
+    admin = MlflowHostCreds(url, username=ADMIN, password=admin_password)
+    found = http_request(admin, f"{USERS_API}/get", "GET", params={"username": username})
+    if found.status_code == 404:  # RESOURCE_DOES_NOT_EXIST
+        form = {"username": username, "password": password}
+        created = http_request(admin, f"{USERS_API}/create", "POST", json=form)
+        verify_rest_response(created, f"{USERS_API}/create")
+    else:
+        verify_rest_response(found, f"{USERS_API}/get")
