@@ -51,7 +51,9 @@ def main() -> None:
         webbrowser.open(url)
     mlflow = tool("mlflow")
     command = [mlflow, "server" if args.serve else "ui", "--host", args.host]
-    command += ["--port", str(args.port)] + (["--serve-artifacts"] if args.serve else [])
+    command += ["--port", str(args.port)]
+    # a server takes MLflow's 4 workers; one person's UI needs one, which starts far sooner
+    command += ["--serve-artifacts"] if args.serve else ["--workers", "1"]
     os.execve(mlflow, command, os.environ | {"MLFLOW_BACKEND_STORE_URI": backend})
 
 

@@ -13,7 +13,7 @@ import pytest
 from mnist_dense.store import EXPERIMENT_TAGS
 from tests.conftest import EXPERIMENTS, client_of, copy_of
 from tooling import browser
-from tooling.processes import free_port
+from tooling.processes import ServiceError, free_port, wait_until
 
 NAMES = list(EXPERIMENTS)  # two DVC experiments, each an MLflow run named after it
 
@@ -29,21 +29,31 @@ def ui(ui_project, built_experiments):
     """`make ui`'s command on a free port, started once for the module's tests (they only
     read); yields the address it prints first."""
     folder, env = ui_project, built_experiments[1]
+    log = folder.parent / "ui.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "commands.ui", "--port", str(free_port())],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
         start_new_session=True,
     )
     try:
         url = process.stdout.readline().strip()
         base = url.split("/#/", 1)[0]
-        browser.wait_for(
-            lambda: urllib.request.urlopen(f"{base}/health", timeout=2), "mlflow ui", 120
-        )
+
+        def answers() -> bool:
+            try:
+                return bool(urllib.request.urlopen(f"{base}/health", timeout=2))
+            except OSError:
+                return False
+
+        # under a minute on an idle 2-core machine, far more beside the other worker's trainings
+        try:
+            wait_until(answers, "mlflow ui", 400, alive=lambda: process.poll() is None)
+        except ServiceError as error:
+            raise AssertionError(f"{error}; its log ends: {log.read_text()[-2000:]}") from None
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -61,7 +71,7 @@ def test_make_ui_prints_the_address_of_the_runs_view(ui, ui_project):
 def test_the_printed_address_lists_the_runs_by_their_dvc_experiment_names(ui, chromium):
     driver = chromium()
     driver.get(ui)
-    browser.wait_for(lambda: all(n in browser.page_text(driver) for n in NAMES), "runs", 120)
+    browser.wait_for(lambda: all(n in browser.page_text(driver) for n in NAMES), "runs", 240)
     text = browser.page_text(driver)
     assert "Runs" in text and "Model registry" in text  # the model-training view, not GenAI's
     assert all(name in text for name in NAMES)
