@@ -54,10 +54,11 @@ from tooling.postgres import Postgres
 from tooling.processes import ServiceError, command_line, free_port, port_free, start_time
 
 TOOLS = ROOT / ".venv-team"
-# what other tests, on the other worker, make in /tmp through tempfile: its default names,
-# TensorFlow's autograph files and the PostgreSQL fixture's folders (tests/servers.py)
+# what other tests, on the other worker, make in /tmp through tempfile meanwhile: its default
+# names and prefixed ones (verify-repro-, presets-, test-postgres-, ...), and TensorFlow's
+# autograph files. The cycle's own processes make theirs in a TMPDIR of their own.
 OTHER_TESTS_TEMP = re.compile(
-    r"(tmp|test-postgres-)[a-z0-9_]{8}|__autograph_generated_file[a-z0-9_]{8}\.py"
+    r"(tmp|[a-z][a-z-]*-)[a-z0-9_]{8}|__autograph_generated_file[a-z0-9_]{8}\.py"
 )
 
 
