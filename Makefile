@@ -122,12 +122,14 @@ team-lock: $(STAMP) ## requirements-team.in -> requirements-team.txt
 
 # The venv holds exactly what the lock pins, every file checked against its sha256: pip installs
 # uv from its own entry in the lock, `uv pip sync` installs the rest and removes anything else,
-# and the project goes in editable (no download: setuptools is in the lock).
+# and the project goes in editable (no download: setuptools is in the lock). The packages' bytecode
+# is compiled once here: without it every process compiles TensorFlow's Python anew wherever it
+# may not write the bytecode (PYTHONDONTWRITEBYTECODE, a read-only venv): docs/speed.md.
 $(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	awk '/^uv==/ {found = 1} found {print} found && !/\\$$/ {exit}' $(LOCK) > $(VENV)/uv-requirement.txt
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(VENV)/uv-requirement.txt
-	$(BIN)/uv pip sync --quiet --require-hashes --python $(BIN)/python $(LOCK)
+	$(BIN)/uv pip sync --quiet --require-hashes --compile-bytecode --python $(BIN)/python $(LOCK)
 	$(BIN)/uv pip install --quiet --no-deps --no-build-isolation --python $(BIN)/python -e .
 	$(BIN)/python -m commands.lock check
 	touch $@
