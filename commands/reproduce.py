@@ -30,6 +30,7 @@ from mnist_dense import provenance, store
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.params import from_text
 from mnist_dense.paths import MODEL, RUN_INFO, TEST_METRICS
+from mnist_dense.provenance import cache_difference
 from tooling.processes import clean_environment, sh
 from tooling.project_copy import STAGES, rerun_from_scratch
 
@@ -39,9 +40,11 @@ REQUIRED_TAGS = ("git.commit", *(f"dvc.md5.{path}" for path in HASHED))
 # environment tags that decide the bits, and what a difference in each one means
 ENVIRONMENT = {
     "kernels.path": "another kernel path (mnist_dense/kernels.py)",
+    "kernels.eigen_blocking": "other cache sizes for Eigen's blocking of matrix products",
+    "env.cpu_caches": "another CPU cache size",
     "env.cpu_flags": "another CPU instruction set",
+    "env.cpu_vendor": "another CPU vendor",
     "env.cpu": "another CPU model",
-    "env.l1d_cache": "another L1 data cache size (Eigen slices long matrix products by it)",
     "env.threads": "another thread count",
     "env.requirements_sha256": "another requirements.txt (other library versions)",
     "env.tensorflow": "another TensorFlow",
@@ -119,11 +122,12 @@ def rerun(record: Record, root: Path, scratch: Path) -> dict[str, object]:
             flush=True,
         )
         hashes = rerun_from_scratch(worktree, env)
-        kernel_path = json.loads((worktree / RUN_INFO).read_text()).get("kernel_path", "?")
+        machine = json.loads((worktree / RUN_INFO).read_text())
         return (
             {path: hashes.get(path, "-") for path in HASHED}
             | json.loads((worktree / TEST_METRICS).read_text())
-            | {"kernels.path": kernel_path}
+            | {"kernels.path": machine.get("kernel_path", "?")}
+            | {"kernels.eigen_blocking": machine.get("eigen_blocking", "?")}
         )
     finally:
         sh("git", "worktree", "remove", "--force", str(worktree), cwd=root, check=False)
@@ -157,8 +161,13 @@ def likely_reasons(record: Record, here: dict[str, str], differs: list[str]) -> 
             "does not hold"
         )
     for tag, meaning in ENVIRONMENT.items():
-        if record.environment[tag] != here.get(tag):
-            reasons.append(f"{meaning}: {record.environment[tag]} then, {here.get(tag)} here")
+        then, now = record.environment[tag], here.get(tag, "?")
+        if then == now:
+            continue
+        if tag == "env.cpu_caches":  # the levels, L2 first: it changed the bits unpinned
+            reasons.append(f"{meaning} ({cache_difference(then, now)})")
+        else:
+            reasons.append(f"{meaning}: {then} then, {now} here")
     return reasons or ["none recorded: the same code, params, data and environment"]
 
 
@@ -190,7 +199,8 @@ def main() -> None:
     identical = not {str(MODEL), "test_accuracy"} & set(differs)
     if differs:
         here = provenance.environment(int(record.params.get("train.threads", 0)))
-        here["kernels.path"] = str(reproduced.get("kernels.path", "?"))  # the re-run's
+        for tag in ("kernels.path", "kernels.eigen_blocking"):  # the re-run's, not this process's
+            here[tag] = str(reproduced.get(tag, "?"))
         print("likely reasons: " + "; ".join(likely_reasons(record, here, differs)))
     result = "identical" if not differs else f"differs: {', '.join(differs)}"
     client.set_tag(

@@ -3,9 +3,10 @@ a scratch copy of the project and compare every output's hash with this project'
 
     make verify-repro          (or: python -m commands.verify_repro)
 
-Exit status 0 when every output is bit-identical, 1 otherwise, naming the kernel path when it
-differs from the one dvc.lock's outputs were made on. metrics/run.json (the MLflow run id, the
-wall time and the kernel path) differs by nature and is reported but not compared. The scratch copy
+Exit status 0 when every output is bit-identical, 1 otherwise, naming the likely reason: the
+kernel path, Eigen's blocking or the CPU's caches, where they differ from those dvc.lock's
+outputs were made with. metrics/run.json (the MLflow run id, the wall time, the kernel path and
+the CPU's caches) differs by nature and is reported but not compared. The scratch copy
 shares this project's DVC cache and logs to its own, discarded, MLflow store.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.paths import MODEL, RUN_INFO
-from mnist_dense.provenance import cpu_flags, cpu_name, dvc_lock_outputs, l1_data_cache
+from mnist_dense.provenance import cache_difference, cpu_flags, cpu_name, dvc_lock_outputs
 from tooling.processes import clean_environment, sh
 from tooling.project_copy import STAGES, copy_project, rerun_from_scratch
 
@@ -60,36 +61,52 @@ def main() -> None:
             for path, md5 in rerun_from_scratch(scratch, clean_environment()).items()
             if path in recorded
         }
-        paths = {name: kernel_path(folder) for name, folder in (("then", root), ("here", scratch))}
+        then, here = machine(root), machine(scratch)
     report, mismatches, compared = compare(recorded, rerun)
     print(report)
-    print(machine_row(recorded, rerun, paths["here"]))
+    print(machine_row(recorded, rerun, here))
     if mismatches:
-        if paths["then"] != paths["here"]:
-            print(path_reason(paths["then"], paths["here"]))
+        print(f"likely reason: {likely_reason(then, here)}")
         raise PipelineError(f"{mismatches} of {compared} outputs differ from dvc.lock")
     print(f"OK: all {compared} outputs bit-identical to dvc.lock")
 
 
-def path_reason(then: str, here: str) -> str:
-    return f"likely reason: another kernel path: {then} then, {here} here"
+def likely_reason(then: dict[str, str], here: dict[str, str]) -> str:
+    """What differs between the machine that made dvc.lock's outputs and this one, the
+    likeliest cause first."""
+    if then["kernel_path"] != here["kernel_path"]:
+        return f"another kernel path: {then['kernel_path']} then, {here['kernel_path']} here"
+    if then["eigen_blocking"] != here["eigen_blocking"]:
+        return (
+            "Eigen blocked the matrix products by other cache sizes: "
+            f"{then['eigen_blocking']} then, {here['eigen_blocking']} here"
+        )
+    caches = cache_difference(then["cpu_caches"], here["cpu_caches"])
+    if caches:
+        return (
+            f"another CPU cache size ({caches}), though the blocking was pinned: "
+            "a source docs/reproducibility.md does not list yet"
+        )
+    return "none recorded: the same kernel path, blocking and caches"
 
 
-def kernel_path(project: Path) -> str:
-    """The kernel path a project's train stage recorded in metrics/run.json."""
+def machine(project: Path) -> dict[str, str]:
+    """What a project's train stage recorded about its machine in metrics/run.json."""
     try:
-        return json.loads((project / RUN_INFO).read_text()).get("kernel_path", "?")
+        recorded = json.loads((project / RUN_INFO).read_text())
     except (OSError, ValueError):
-        return "?"
+        recorded = {}
+    keys = ("kernel_path", "eigen_blocking", "cpu_vendor", "cpu_caches")
+    return {key: str(recorded.get(key, "?")) for key in keys}
 
 
-def machine_row(recorded: dict[str, str], rerun: dict[str, str], path: str) -> str:
+def machine_row(recorded: dict[str, str], rerun: dict[str, str], here: dict[str, str]) -> str:
     """This machine's row of docs/reproducibility.md's table of CPUs."""
     flags = " ".join(cpu_flags()) or "?"
     model = rerun.get(str(MODEL), "-")
     same = "identical" if model == recorded.get(str(MODEL)) else "DIFFERENT"
-    cpu = f"{cpu_name()}, L1d {l1_data_cache()}"
-    return f"machine row: | {cpu} | {flags} | {path} | `{model[:8]}` | {same} |"
+    cpu = f"{cpu_name()} ({here['cpu_vendor']}; {here['cpu_caches']})"
+    return f"machine row: | {cpu} | {flags} | {here['kernel_path']} | `{model[:8]}` | {same} |"
 
 
 if __name__ == "__main__":

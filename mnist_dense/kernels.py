@@ -2,13 +2,16 @@
 
 TensorFlow, oneDNN, NumPy and OpenBLAS each pick their kernels from the CPU they run on, and
 kernels of different instruction sets sum in different orders, so the same params gave other
-weights on another CPU. `portable` (the default) pins every such choice to a path all x86-64
-CPUs with AVX2 share (Intel since 2013, AMD since 2015); `native` lets each library choose,
-for speed (and bfloat16 units), at the price of bits that belong to this CPU.
+weights on another CPU. Beyond the instruction set, Eigen cuts TensorFlow's matrix products
+into blocks sized by the CPU's caches, and other blocks sum in another order. `portable` (the
+default) pins every such choice to a path all x86-64 CPUs with AVX2 share (Intel since 2013,
+AMD since 2015), cache sizes included; `native` lets each library choose, for speed (and
+bfloat16 units), at the price of bits that belong to this CPU.
 
 The libraries read these settings once, when they load, so `select` must run before NumPy and
 TensorFlow are imported: `mnist_dense/__init__.py` calls it with params.yaml's choice, before
-any third-party import, and the served model with the choice recorded with it.
+any third-party import, and the served model with the choice recorded with it. Eigen's cache
+sizes are pinned the moment TensorFlow has loaded (mnist_dense/tensorflow_loading.py).
 """
 
 import json
@@ -16,6 +19,8 @@ import os
 import platform
 import sys
 from pathlib import Path
+
+from mnist_dense import eigen_caches, tensorflow_loading
 
 MODES = ("portable", "native")
 DEFAULT = "portable"
@@ -30,6 +35,10 @@ PORTABLE_ENV = {
     # OpenBLAS, under NumPy and SciPy: its Haswell (AVX2) kernels
     "OPENBLAS_CORETYPE": "Haswell",
 }
+# The cache sizes (L1 data, L2, L3 per Eigen's reading) that Eigen blocks products by on the
+# portable path, whatever the CPU's: those of the machine that made the committed results, a
+# 2-core Xeon (Sapphire Rapids class) reporting L1d 48 KiB, L2 2 MiB, L3 300 MiB.
+PORTABLE_CACHES = (48 * 2**10, 2 * 2**20, 300 * 2**20)
 ISA_BY_FLAG = (  # oneDNN's instruction sets, best first, and the CPU flag each needs
     ("AVX512_CORE_AMX", "amx_bf16"),
     ("AVX512_CORE_BF16", "avx512_bf16"),
@@ -117,6 +126,18 @@ def select(mode: str, strict: bool = True) -> None:
         else:
             os.environ[variable] = outside
     _selected.append(mode)
+    if mode == "portable" and portable_available():
+        tensorflow_loading.after(pin_caches)
+
+
+def pin_caches() -> None:
+    """On the portable path, make Eigen block by PORTABLE_CACHES (TensorFlow has just loaded)."""
+    if active() != "portable" or not portable_available():
+        return
+    try:
+        eigen_caches.pin(PORTABLE_CACHES)
+    except (eigen_caches.CachePinError, OSError) as error:
+        raise KernelPathError(f"train.kernels=portable: {error}") from None
 
 
 def outside_environment(env: dict[str, str]) -> dict[str, str]:
@@ -165,7 +186,10 @@ def path() -> str:
     mode = active()
     if mode == "portable":
         if portable_available():
-            return "portable (oneDNN rewrites off, oneDNN AVX2, NumPy AVX2, OpenBLAS Haswell)"
+            return (
+                "portable (oneDNN rewrites off, oneDNN AVX2, NumPy AVX2, OpenBLAS Haswell, "
+                f"Eigen blocks for {eigen_caches.format_sizes(PORTABLE_CACHES)})"
+            )
         machine = platform.machine()
         if machine not in ("x86_64", "AMD64"):
             return f"portable unavailable: {machine} is not x86-64 (the CPU's own kernels)"
@@ -181,4 +205,23 @@ def tags() -> dict[str, str]:
         "kernels.path": path(),
         "kernels.onednn_rewrites": "on" if rewrites_on() else "off",
         "kernels.onednn_isa": onednn_isa(),
+        "kernels.eigen_blocking": eigen_blocking(),
     }
+
+
+def eigen_blocking() -> str:
+    """The cache sizes TensorFlow's products are blocked by in this process, read back from
+    Eigen ("the CPU's" before the first product off the portable path; "?" where unreadable)."""
+    try:
+        used = eigen_caches.in_use()["libtensorflow_cc.so.2"]
+    except (eigen_caches.CachePinError, OSError, KeyError):
+        return "?"
+    return eigen_caches.format_sizes(used) if used else "the CPU's (no product yet)"
+
+
+def cpu_caches() -> str:
+    """This CPU's cache sizes as Eigen reads them (cpuid), "?" where unreadable."""
+    try:
+        return eigen_caches.format_sizes(eigen_caches.of_this_cpu())
+    except (eigen_caches.CachePinError, OSError, KeyError, AttributeError):
+        return "?"

@@ -114,22 +114,27 @@ def cpu_flags() -> list[str]:
     return [flag for flag in BIT_DECIDING_FLAGS if flag in present]
 
 
-CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
-
-
-def l1_data_cache(caches: Path = CPU_CACHES) -> str:
-    """The L1 data cache of one core, as Linux reports it ("48K"; "?" where unknown). Eigen
-    reads it from the CPU to cut a matrix product's inner dimension into slices, so CPUs with
-    other sizes may sum in another order (docs/reproducibility.md)."""
-    for index in sorted(caches.glob("index*")):
-        try:
-            if (index / "level").read_text().strip() == "1" and (
-                (index / "type").read_text().strip() == "Data"
-            ):
-                return (index / "size").read_text().strip()
-        except OSError:
-            continue
+def cpu_vendor() -> str:
+    """GenuineIntel, AuthenticAMD, ... ("?" where /proc/cpuinfo is missing)."""
+    for line in _cpuinfo():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
     return "?"
+
+
+def cache_difference(then: str, here: str) -> str:
+    """The cache levels two "L1 48K, L2 2M, L3 300M" records disagree on, L2 first (the one
+    that changed the bits when Eigen blocked by the CPU's own sizes): "L2 2M then, 512K here"."""
+    levels = [
+        dict(part.split(" ", 1) for part in text.split(", ") if " " in part)
+        for text in (then, here)
+    ]
+    order = ["L2", "L1", "L3"]
+    differing = [level for level in order if levels[0].get(level) != levels[1].get(level)]
+    return "; ".join(
+        f"{level} {levels[0].get(level, '?')} then, {levels[1].get(level, '?')} here"
+        for level in differing
+    )
 
 
 def _cpuinfo() -> list[str]:
@@ -161,11 +166,22 @@ def environment(threads: int) -> dict[str, str]:
         "env.platform": platform.platform(),
         "env.cpu": cpu_name(),
         "env.cpu_flags": " ".join(cpu_flags()),
-        "env.l1d_cache": l1_data_cache(),
+        "env.cpu_vendor": cpu_vendor(),
+        "env.cpu_caches": kernels.cpu_caches(),
         "env.cpu_count": str(os.cpu_count()),
         "env.usable_cores": str(usable_cores()),
         "env.threads": str(threads or usable_cores()),
         "env.requirements_sha256": file_sha256(project_root() / REQUIREMENTS) or "none",
+    }
+
+
+def machine_record() -> dict[str, str]:
+    """What decides the bits on this machine, for metrics/run.json (make verify-repro)."""
+    return {
+        "kernel_path": kernels.path(),
+        "eigen_blocking": kernels.eigen_blocking(),
+        "cpu_vendor": cpu_vendor(),
+        "cpu_caches": kernels.cpu_caches(),
     }
 
 

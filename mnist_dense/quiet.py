@@ -9,14 +9,14 @@ there but those known notes is passed on: warnings and errors still show. `MNIST
 leaves everything as it is.
 """
 
-import importlib.abc
-import importlib.machinery
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from mnist_dense import tensorflow_loading
 
 NOTES = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -51,32 +51,7 @@ def filtered_stderr() -> Iterator[None]:
                 os.write(2, text.encode())
 
 
-class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        with filtered_stderr():
-            self.loader.exec_module(module)
-
-
-class _QuietFinder(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` as Python would, and loads it under filtered_stderr."""
-
-    def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
-
-
 def install() -> None:
-    """Filter TensorFlow's start-up notes in this process (idempotent; a no-op once loaded)."""
-    if "tensorflow" in sys.modules or any(isinstance(f, _QuietFinder) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _QuietFinder())
+    """Filter TensorFlow's start-up notes in this process (a no-op once it has loaded)."""
+    if "tensorflow" not in sys.modules:
+        tensorflow_loading.around(filtered_stderr)

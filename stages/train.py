@@ -3,7 +3,8 @@
 Writes models/model.keras, the per-epoch history (metrics/history.csv, a DVC plot, rewritten
 after every epoch so `dvc plots show` follows a long training), the final validation figures
 (metrics/train.json) and, apart from those reproducible outputs, metrics/run.json: the MLflow
-run id, the wall time and the kernel path, which differ from run to run or machine to machine.
+run id, the wall time, the kernel path and the CPU's caches, which differ from run to run or
+machine to machine.
 """
 
 import math
@@ -30,7 +31,7 @@ from mnist_dense.model import (
 )
 from mnist_dense.params import Params, load_params
 from mnist_dense.paths import CURVES_PNG, HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TRAIN_METRICS
-from mnist_dense.provenance import file_md5
+from mnist_dense.provenance import file_md5, machine_record
 
 HISTORY_COLUMNS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 VALIDATION = ["val_accuracy", "val_loss"]  # metrics/train.json: what `dvc exp show` compares
@@ -139,8 +140,7 @@ def _train(params: Params) -> keras.Model:
         log.file(CURVES_PNG.read_bytes(), f"figures/{CURVES_PNG.name}")
         write_json(
             RUN_INFO,
-            {"mlflow_run_id": log.run_id, "train_seconds": round(seconds, 2)}
-            | {"kernel_path": kernels.path()},
+            {"mlflow_run_id": log.run_id, "train_seconds": round(seconds, 2)} | machine_record(),
         )
     print(
         f"train: {len(history)} epochs in {seconds:.1f} s, "

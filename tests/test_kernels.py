@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mnist_dense import kernels, quiet
+from mnist_dense import eigen_caches, kernels, quiet
 from mnist_dense.cli import PipelineError
 from mnist_dense.params import load_params, parse_params
-from mnist_dense.provenance import file_md5, l1_data_cache
+from mnist_dense.provenance import cache_difference, file_md5
 from stages import preprocess, train
 from tests.conftest import ROOT, tiny_params, write_params
 
@@ -145,16 +145,92 @@ def simulated_cpu(mode: str, cap: str | None, rewrites: str) -> dict[str, str]:
     return env | {"TF_ENABLE_ONEDNN_OPTS": rewrites} | ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
 
 
-def test_the_l1_data_cache_is_read_from_the_level_1_data_entry(tmp_path):
-    """Eigen slices long products by this size, so runs record it (env.l1d_cache)."""
-    entries = [("1", "Instruction", "32K"), ("1", "Data", "48K"), ("2", "Unified", "2048K")]
-    for index, (level, kind, size) in enumerate(entries):
-        folder = tmp_path / f"index{index}"
-        folder.mkdir()
-        for name, value in {"level": level, "type": kind, "size": size}.items():
-            (folder / name).write_text(value + "\n")
-    assert l1_data_cache(tmp_path) == "48K"
-    assert l1_data_cache(tmp_path / "missing") == "?"
+def test_the_portable_path_blocks_every_product_by_the_pinned_cache_sizes():
+    """Eigen's sizes in both of TensorFlow's libraries are ours, after products have run, and
+    the CPU's own are what Eigen's cpuid reader reports (recorded with every run)."""
+    import tensorflow as tf
+
+    tf.matmul(tf.ones([300, 784]), tf.ones([784, 512]))
+    assert eigen_caches.in_use() == dict.fromkeys(eigen_caches.LIBRARIES, kernels.PORTABLE_CACHES)
+    assert kernels.eigen_blocking() == "L1 48K, L2 2M, L3 300M"
+    assert kernels.path().endswith("Eigen blocks for L1 48K, L2 2M, L3 300M)")
+    l1, l2, _ = eigen_caches.of_this_cpu()
+    assert l1 >= 16 * 2**10 and l2 >= 128 * 2**10  # what any x86-64 CPU reports
+    assert kernels.cpu_caches() == eigen_caches.format_sizes(eigen_caches.of_this_cpu())
+
+
+def test_pinning_other_sizes_once_eigen_has_its_own_is_refused_and_changes_nothing():
+    with pytest.raises(eigen_caches.CachePinError, match="pin before TensorFlow's first matrix"):
+        eigen_caches.pin((32 * 2**10, 512 * 2**10, 16 * 2**20))
+    assert set(eigen_caches.in_use().values()) == {kernels.PORTABLE_CACHES}
+
+
+def test_the_symbol_table_gives_local_symbols_and_names_what_it_lacks(tmp_path):
+    """libtensorflow_cc.so.2 holds Eigen's variable as a local symbol, which the dynamic
+    linker cannot find; a library without it (another TensorFlow build) is named."""
+    _, library = eigen_caches.loaded_libraries()["libtensorflow_cc.so.2"]
+    offsets = eigen_caches.symbol_offsets(library, (eigen_caches.VARIABLE, eigen_caches.GUARD))
+    assert offsets[eigen_caches.GUARD] != offsets[eigen_caches.VARIABLE] > 0
+    with pytest.raises(eigen_caches.CachePinError, match=r"libtensorflow_cc\.so\.2: no symbol _Z"):
+        eigen_caches.symbol_offsets(library, (b"_ZN5Eigen8internal9no_such_thingEv",))
+    (tmp_path / "lib.so").write_bytes(b"#!/bin/sh\n")
+    with pytest.raises(eigen_caches.CachePinError, match=r"lib\.so: not a 64-bit ELF library"):
+        eigen_caches.symbol_offsets(tmp_path / "lib.so", (eigen_caches.VARIABLE,))
+
+
+@pytest.mark.parametrize(
+    ("then", "here", "named"),
+    [
+        ("L1 48K, L2 2M, L3 300M", "L1 32K, L2 512K, L3 16M", "L2 2M then, 512K here; L1 48K"),
+        ("L1 48K, L2 2M, L3 300M", "L1 48K, L2 2M, L3 32M", "L3 300M then, 32M here"),
+        ("L1 48K, L2 2M, L3 300M", "L1 48K, L2 2M, L3 300M", ""),
+        ("?", "L1 48K, L2 2M, L3 300M", "L2 ? then, 2M here"),
+    ],
+)
+def test_a_cache_difference_is_named_l2_first(then, here, named):
+    assert cache_difference(then, here).startswith(named)
+
+
+BLOCKED_PRODUCT = """
+import hashlib, os
+import mnist_dense  # params.yaml: kernels native, so nothing is pinned at load
+from mnist_dense import eigen_caches
+import numpy as np
+import tensorflow as tf
+if os.environ.get("SIZES"):
+    eigen_caches.pin(tuple(int(size) for size in os.environ["SIZES"].split(",")))
+tf.config.threading.set_intra_op_parallelism_threads(2)
+rng = np.random.default_rng(0)
+x, dy = (rng.standard_normal((256, n)).astype(np.float32) for n in (784, 512))
+product = tf.matmul(x, dy, transpose_a=True)  # the first layer's weight gradient
+print(hashlib.md5(product.numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow  # two processes, each loading TensorFlow
+def test_the_cache_sizes_eigen_blocks_by_change_the_bits_of_a_training_product(tmp_path):
+    """Why the portable path pins them: the default network's weight gradient at batch 256,
+    blocked as on this machine's reference sizes and as on a CPU with a 512 KiB L2 (AMD Zen
+    1-3), gives other bits, with the same kernels (tests/test_emulated_cpus.py runs whole
+    trainings on emulated CPUs)."""
+    (tmp_path / "params.yaml").write_text("train: {kernels: native}\n")
+    sizes = {"reference": kernels.PORTABLE_CACHES, "zen2": (32 * 2**10, 512 * 2**10, 16 * 2**20)}
+
+    def product_md5(name: str) -> str:
+        env = os.environ | {"SIZES": ",".join(map(str, sizes[name]))}
+        result = subprocess.run(
+            [sys.executable, "-c", BLOCKED_PRODUCT],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    with ThreadPoolExecutor(2) as pool:
+        reference, zen2 = pool.map(product_md5, sizes)
+    assert reference != zen2
 
 
 def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_not(

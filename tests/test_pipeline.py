@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from mnist_dense import kernels
 from mnist_dense.model import load_model
-from mnist_dense.provenance import dvc_lock_outputs, file_md5, l1_data_cache
+from mnist_dense.provenance import cpu_vendor, dvc_lock_outputs, file_md5
 from mnist_dense.registry import ALIAS, MODEL_NAME
 from mnist_dense.served_model import example_image
 from tests.conftest import (
@@ -114,12 +115,18 @@ def test_mlflow_run_records_what_reproduces_it(project):
     assert tags["git.dirty"] == "false"
     for name in ("python", "tensorflow", "keras", "numpy", "platform", "cpu", "threads"):
         assert tags[f"env.{name}"], name
-    assert tags["env.l1d_cache"] == l1_data_cache() != "?"
+    assert tags["env.cpu_caches"] == kernels.cpu_caches() != "?"  # as Eigen's cpuid reader saw
+    assert tags["env.cpu_vendor"] == cpu_vendor() != "?"
+    assert tags["kernels.eigen_blocking"] == kernels.eigen_blocking() == "L1 48K, L2 2M, L3 300M"
     assert tags["env.keras"] == keras_version()
     assert tags["env.threads"] == "1"  # the tiny params' train.threads
     assert tags["kernels.mode"] == "portable" and tags["kernels.onednn_rewrites"] == "off"
-    recorded_path = json.loads((project / "metrics" / "run.json").read_text())["kernel_path"]
-    assert tags["kernels.path"] == recorded_path and recorded_path.startswith("portable (")
+    machine = json.loads((project / "metrics" / "run.json").read_text())
+    assert tags["kernels.path"] == machine["kernel_path"] and machine["kernel_path"].startswith(
+        "portable ("
+    )
+    assert machine["cpu_caches"] == tags["env.cpu_caches"]
+    assert machine["eigen_blocking"] == tags["kernels.eigen_blocking"]
     assert tags["env.requirements_sha256"] == sha256(project / "requirements.txt")
     lock = dvc_lock_outputs(project / "dvc.lock")
     for path in ("data/raw", "data/processed", "models/model.keras"):
@@ -218,16 +225,31 @@ def test_verify_repro_reports_identical_outputs(project):
     assert all(row.endswith(("identical", "differs by nature (run id, wall time)")) for row in rows)
 
 
-def test_verify_repro_flags_a_difference_and_names_a_kernel_path_difference():
-    from commands.verify_repro import compare, path_reason
+def test_verify_repro_flags_a_difference_and_names_its_likely_reason():
+    from commands.verify_repro import compare, likely_reason
 
     recorded = {"models/model.keras": "a" * 32, "metrics/run.json": "b" * 32}
     report, mismatches, compared = compare(recorded, {"models/model.keras": "c" * 32})
     assert (mismatches, compared) == (1, 1)
     assert "DIFFERENT" in report and "differs by nature" in report
-    assert path_reason("portable (x)", "native (y)") == (
-        "likely reason: another kernel path: portable (x) then, native (y) here"
+    then = {
+        "kernel_path": "portable (x)",
+        "eigen_blocking": "L1 48K, L2 2M, L3 300M",
+        "cpu_vendor": "GenuineIntel",
+        "cpu_caches": "L1 48K, L2 2M, L3 300M",
+    }
+    here = then | {"kernel_path": "native (y)"}
+    assert likely_reason(then, here) == ("another kernel path: portable (x) then, native (y) here")
+    here = then | {"eigen_blocking": "L1 32K, L2 512K, L3 16M"}  # made before the pin, say
+    assert likely_reason(then, here) == (
+        "Eigen blocked the matrix products by other cache sizes: "
+        "L1 48K, L2 2M, L3 300M then, L1 32K, L2 512K, L3 16M here"
     )
+    here = then | {"cpu_caches": "L1 32K, L2 512K, L3 16M", "cpu_vendor": "AuthenticAMD"}
+    assert likely_reason(then, here).startswith(
+        "another CPU cache size (L2 2M then, 512K here; L1 48K then, 32K here; "
+    )
+    assert likely_reason(then, then).startswith("none recorded")
 
 
 def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(project):
