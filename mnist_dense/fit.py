@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dense.model import EVAL_BATCH
+from mnist_dense.model import EVAL_BATCH, probabilities
 
 
 def _accuracy_counts(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
@@ -50,7 +50,7 @@ class EpochTrainer:
         self.seed = tf.constant(seed, tf.int32)
         self.optimizer.build(model.trainable_variables)
         self._epoch = tf.function(self._train_epoch)
-        self._predict = tf.function(lambda x: model(x, training=False))
+        self._predict = tf.function(lambda x: probabilities(model, x))
 
     def order(self, epoch: tf.Tensor) -> tf.Tensor:
         """The epoch's order of the training samples: a permutation drawn from (seed, epoch)."""

@@ -225,6 +225,21 @@ def load_model(path: Path) -> keras.Model:
     return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 
+def probabilities(model: keras.Model, pixels: tf.Tensor) -> tf.Tensor:
+    """The model's class probabilities, its softmax taken here with an exact division.
+
+    TensorFlow's Softmax kernel multiplies by Eigen's fast reciprocal, the CPU's RCPPS estimate
+    refined by one Newton step, and that estimate is the CPU's own (Intel's and AMD's differ,
+    QEMU's is exact): the probabilities differed in the last bit from CPU to CPU, and with them
+    every loss taken of them. exp(z - max z) / sum divides as IEEE 754 says, the same on every
+    CPU; the arg-max is the Softmax kernel's. The logits are the softmax's input, which Keras
+    keeps on its output for its own losses (`_keras_logits`).
+    """
+    logits = model(pixels, training=False)._keras_logits
+    exponentials = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+    return exponentials / tf.reduce_sum(exponentials, axis=-1, keepdims=True)
+
+
 def predict(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
     """Class probabilities for (n, 784) pixels in [0, 1], EVAL_BATCH rows at a time.
 
@@ -233,7 +248,7 @@ def predict(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
     """
     pixels = np.asarray(pixels, np.float32).reshape(len(pixels), PIXELS)
     parts = [
-        np.asarray(model(pixels[start : start + EVAL_BATCH], training=False))
+        np.asarray(probabilities(model, pixels[start : start + EVAL_BATCH]))
         for start in range(0, len(pixels), EVAL_BATCH)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, CLASSES), np.float32)

@@ -15,6 +15,7 @@ from mnist_dense.model import (
     load_model,
     make_loss,
     make_optimizer,
+    predict,
 )
 from mnist_dense.params import load_params, parse_params
 from mnist_dense.paths import (
@@ -300,3 +301,23 @@ def test_the_benchs_plain_keras_baseline_runs_where_params_ask_for_portable_kern
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["test_accuracy"] > 0.3
+
+
+def test_probabilities_are_the_logits_softmax_by_an_exact_division():
+    """TensorFlow's Softmax kernel multiplies by a reciprocal each CPU estimates its own way;
+    the probabilities every output is made of divide instead, as IEEE 754 rounds a division,
+    and keep the kernel's arg-max."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = build_model(parse_params(tiny_params(train={"hidden_units": [64]})).train)
+    pixels = np.random.default_rng(0).random((500, 784), np.float32)
+    given = predict(model, pixels)
+    logits = model(pixels, training=False)._keras_logits
+    exponentials = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+    sums = tf.reduce_sum(exponentials, axis=-1, keepdims=True)
+    exact = exponentials.numpy() / sums.numpy()  # NumPy's float32 division: IEEE 754's
+    assert np.array_equal(given, exact)
+    kernel = tf.nn.softmax(logits).numpy()
+    assert not np.array_equal(given, kernel)  # the reciprocal's rounding, which this avoids
+    assert np.array_equal(given.argmax(axis=1), kernel.argmax(axis=1))
