@@ -390,9 +390,12 @@ def kernel_paths_side_by_side(scratch: Path, env: dict, presets: dict, report: R
         "",
         "## 7. The price of the same bits everywhere: portable against native kernels",
         "",
-        "`train.kernels: portable` (the default) pins TensorFlow's oneDNN rewrites off and "
-        "oneDNN, NumPy and OpenBLAS to AVX2, so every x86-64 CPU with AVX2 computes the same "
-        "bits; `native` lets this CPU choose. One training each, one after another.",
+        "`train.kernels: portable` (the default) pins TensorFlow's oneDNN rewrites off, "
+        "oneDNN, NumPy and OpenBLAS to AVX2 and Eigen's blocking to fixed cache sizes, so "
+        "every x86-64 CPU with AVX2 computes the same bits; `native` lets this CPU choose. "
+        "One training each, one after another. On a CPU whose caches are the pinned ones "
+        "(this page's reference machine) the blocking costs nothing; on smaller caches it "
+        "may cost some speed, which only such a CPU can measure.",
         "",
         "| preset | kernel path (metrics/run.json) | training | against native | test accuracy |",
         "|---|---|---|---|---|",

@@ -14,6 +14,7 @@ so nobody has to remember to mark it.
 import gzip
 import json
 import os
+import platform
 import shutil
 import signal
 import sqlite3
@@ -106,6 +107,7 @@ HEAVY_FIXTURES = {
     "stack": "services",  # the same, up for the test
     "chromium": "browser",  # headless Chromium through chromedriver
     "real_mnist": "real_data",  # the real MNIST files in ../shared
+    "qemu": "emulated",  # programs run under QEMU's emulated CPUs (qemu-user)
 }
 
 
@@ -189,6 +191,15 @@ def real_mnist() -> Path:
     if not SHARED_MIRROR.is_dir():
         pytest.skip(f"no MNIST mirror at {SHARED_MIRROR}")
     return SHARED_MIRROR
+
+
+@pytest.fixture(scope="session")
+def qemu() -> str:
+    """QEMU's user-mode x86-64 emulator, Debian's qemu-user (skipped, so failed in CI, without)."""
+    path = shutil.which("qemu-x86_64")
+    if path is None or platform.machine() != "x86_64":
+        pytest.skip("needs qemu-x86_64 (Debian's qemu-user) on an x86-64 machine")
+    return path
 
 
 def tiny_params(**overrides: dict) -> dict:

@@ -1,0 +1,41 @@
+"""The same bits on other x86-64 CPUs: a small training and evaluation on CPUs that QEMU
+emulates (their vendor and cache sizes by cpuid, AVX2 and no AVX-512), against this machine's.
+
+Its own tier (`make test-emulated`, marker `emulated`): each emulated process takes minutes,
+most of them TensorFlow's import (bench/emulated_cpus.py).
+"""
+
+import numpy as np
+import pytest
+
+from bench import emulated_cpus
+from tests.conftest import ROOT, synthetic_digits
+
+# two steps of the default batch (every product of a step, twice), validation in one batch and
+# the 2,000 test images in one of evaluate's batches
+SIZES = {"train": 512, "val": 256, "test": 2000}
+
+
+@pytest.mark.timeout(1500)  # 8 minutes here; a CI machine up to twice as slow needs 16
+def test_the_portable_path_gives_this_machines_bits_on_every_emulated_cpu(qemu, tmp_path):
+    """Three emulated CPUs, both vendors and both of QEMU's L2 sizes (4 MiB and 512 KiB, which
+    gave other bits before Eigen's blocking was pinned), train and score as this machine
+    does; the native path on one of them does not, so this test can fail."""
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    for part, (x_name, y_name) in emulated_cpus.ARRAYS.items():
+        images, labels = synthetic_digits(SIZES[part], seed=len(part))
+        pixels = images.reshape(len(images), -1).astype(np.float32) / 255
+        np.save(processed / f"{x_name}.npy", pixels, allow_pickle=False)
+        np.save(processed / f"{y_name}.npy", labels, allow_pickle=False)
+    models = list(emulated_cpus.MODELS)
+    rows = emulated_cpus.rows(models, emulated_cpus.CONTROL, ROOT / "params.yaml", processed, SIZES)
+    print("\n" + emulated_cpus.HEADER + "\n" + "\n".join(row.markdown() for row in rows))
+    here, *emulated, native = rows
+    reported = [row.cpu_caches for row in emulated]
+    assert [caches.split(", ")[1] for caches in reported] == ["L2 4M", "L2 512K", "L2 512K"]
+    pinned = "L1 48K, L2 2M, L3 300M"
+    assert {row.eigen_blocking for row in (here, *emulated)} == {pinned}
+    assert [row.bits() for row in emulated] == [here.bits()] * len(models)
+    assert native.eigen_blocking == native.cpu_caches == "L1 32K, L2 512K, L3 16M"
+    assert native.model_md5 != here.model_md5
