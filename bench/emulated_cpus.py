@@ -192,14 +192,7 @@ def main() -> None:
         sys.exit(f"error: {QEMU} not found; install Debian's qemu-user")
     if not (args.data / "x_train.npy").is_file():
         sys.exit(f"error: {args.data}/x_train.npy missing; run `dvc repro preprocess` first")
-    table = rows(
-        args.models,
-        args.control or None,
-        Path("params.yaml"),
-        args.data,
-        args.train_images,
-        args.jobs,
-    )
+    table = rows(args.models, args.control or None, Path("params.yaml"), args.data, jobs=args.jobs)
     print(HEADER)
     print("\n".join(row.markdown() for row in table))
     here = table[0]
