@@ -193,7 +193,8 @@ def test_a_cache_difference_is_named_l2_first(then, here, named):
 
 BLOCKED_PRODUCT = """
 import hashlib, os
-import mnist_dense  # params.yaml: kernels native, so nothing is pinned at load
+import mnist_dense  # params.yaml: kernels native, so nothing is pinned at load (the portable
+# path's other settings come from the environment the test gives)
 from mnist_dense import eigen_caches
 import numpy as np
 import tensorflow as tf
@@ -211,13 +212,16 @@ print(hashlib.md5(product.numpy().tobytes()).hexdigest())
 def test_the_cache_sizes_eigen_blocks_by_change_the_bits_of_a_training_product(tmp_path):
     """Why the portable path pins them: the default network's weight gradient at batch 256,
     blocked as on this machine's reference sizes and as on a CPU with a 512 KiB L2 (AMD Zen
-    1-3), gives other bits, with the same kernels (tests/test_emulated_cpus.py runs whole
-    trainings on emulated CPUs)."""
+    1-3), gives other bits, with the same kernels: Eigen's contraction and oneDNN's AVX2
+    sgemm, as on the portable path (tests/test_emulated_cpus.py runs whole trainings on
+    emulated CPUs)."""
     (tmp_path / "params.yaml").write_text("train: {kernels: native}\n")
     sizes = {"reference": kernels.PORTABLE_CACHES, "zen2": (32 * 2**10, 512 * 2**10, 16 * 2**20)}
+    portable = {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    outside = {k: v for k, v in os.environ.items() if k != kernels.OUTSIDE_ENV}
 
     def product_md5(name: str) -> str:
-        env = os.environ | {"SIZES": ",".join(map(str, sizes[name]))}
+        env = outside | portable | {"SIZES": ",".join(map(str, sizes[name]))}
         result = subprocess.run(
             [sys.executable, "-c", BLOCKED_PRODUCT],
             cwd=tmp_path,

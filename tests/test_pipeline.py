@@ -216,10 +216,8 @@ def test_verify_repro_reports_identical_outputs(project):
     assert f"OK: all {len(compared) - 1} outputs bit-identical to dvc.lock" in out
     model = dvc_lock_outputs(project / "dvc.lock")["models/model.keras"]
     (row,) = [line for line in out.splitlines() if line.startswith("machine row: | ")]
-    assert row.endswith(
-        f"| portable (oneDNN rewrites off, oneDNN AVX2, NumPy AVX2, OpenBLAS "
-        f"Haswell) | `{model[:8]}` | identical |"
-    )
+    assert row.endswith(f"| {kernels.path()} | `{model[:8]}` | identical |")
+    assert kernels.path().endswith("Eigen blocks for L1 48K, L2 2M, L3 300M)")
     rows = [line for line in out.splitlines() if line.split(" ", 1)[0] in compared]
     assert len(rows) == len(compared)
     assert all(row.endswith(("identical", "differs by nature (run id, wall time)")) for row in rows)
