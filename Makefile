@@ -114,9 +114,9 @@ lint: $(STAMP) ## ruff: lint and format check
 
 venv: $(STAMP) ## .venv holding exactly requirements.txt, and this project (editable)
 
-lock: $(STAMP) ## requirements.in -> requirements.txt, every package pinned with its hashes
-	$(BIN)/uv pip compile requirements.in --quiet --generate-hashes --output-file $(LOCK) \
-		--python-version $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+lock: $(STAMP) ## requirements.in -> requirements.txt for every platform, pinned with hashes
+	$(BIN)/uv pip compile requirements.in --quiet --universal --generate-hashes \
+		--output-file $(LOCK) --python-version 3.11
 
 vendor-plots: $(STAMP) ## vega, vega-lite, vega-embed from npm into plots/template.html
 	$(BIN)/python -m commands.vendor_plots

@@ -1,11 +1,12 @@
 """The locked environment: requirements.in (the direct dependencies, edited by hand) and
-requirements.txt (every package the venv holds, pinned with hashes; `make lock` compiles it,
-as pip-tools and `uv pip compile` do).
+requirements.txt (every package the venv holds on any supported platform, pinned with hashes;
+`make lock` compiles it universally, with environment markers, as `uv pip compile --universal`
+does).
 
     python -m commands.lock check      (make venv runs it)
 
-warns, in one line, when this Python is not the one the lock was made for, and fails when the
-venv holds a package the lock does not pin, or another version of one.
+fails, in one line, when requirements.in and the lock disagree, or when the venv holds a package
+that the lock's lines for this platform and Python do not pin, or another version of one.
 """
 
 import re
@@ -13,24 +14,16 @@ import sys
 from importlib.metadata import distributions
 from pathlib import Path
 
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 
 REQUIREMENTS_IN = Path("requirements.in")
 REQUIREMENTS_LOCK = Path("requirements.txt")
 PROJECT = "mnist-dense"  # this project itself, installed editable beside the lock (pyproject.toml)
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+# `name==version`, `name[extra]==version`, either with ` ; <environment marker>` before the hashes
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)(?:\s*;\s*([^\\]+))?")
 # installed by `python -m venv` itself, and this project (editable), not by the lock
 VENV_SEED = {"pip", PROJECT}
-
-
-def lock_python_version(lock_file: Path) -> str | None:
-    """The Python version a lock was compiled for (uv's `--python-version`)."""
-    try:
-        header = Path(lock_file).read_text()[:2000]
-    except OSError:
-        return None
-    found = re.search(r"--python-version[ =](\S+)", header)
-    return found.group(1) if found else None
 
 
 def normalize(name: str) -> str:
@@ -38,12 +31,15 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_pins(path: Path = REQUIREMENTS_LOCK) -> dict[str, str]:
-    """{package: version} of every pin in a lock file."""
+def lock_pins(path: Path = REQUIREMENTS_LOCK, here: bool = False) -> dict[str, str]:
+    """{package: version} of every pin in a lock file; with `here`, of the pins whose marker
+    holds on this platform and Python (what `uv pip sync` installs here)."""
     pins = {}
     for line in Path(path).read_text().splitlines():
         found = PIN.match(line)
-        if found:
+        if found and (
+            not here or found.group(4) is None or Marker(found.group(4).strip()).evaluate()
+        ):
             pins[normalize(found.group(1))] = found.group(3)
     return pins
 
@@ -110,26 +106,11 @@ def venv_differences(pins: dict[str, str], present: dict[str, str]) -> list[str]
     return problems
 
 
-def python_warning(lock: Path = REQUIREMENTS_LOCK) -> str | None:
-    """One line when this Python is not the version the lock was compiled for."""
-    wanted = lock_python_version(lock)
-    running = "{}.{}".format(*sys.version_info[:2])
-    if wanted and wanted != running:
-        return (
-            f"warning: {lock} was made for Python {wanted}, this venv runs Python {running}; "
-            "results may differ in the last bits (`make lock` makes a lock for this Python)"
-        )
-    return None
-
-
 def main() -> None:
     if sys.argv[1:] != ["check"]:
         sys.exit("usage: python -m commands.lock check")
-    warning = python_warning()
-    if warning:
-        print(warning, file=sys.stderr)
     problems = disagreements(direct_requirements(), lock_pins(), locked_as_direct())
-    problems += venv_differences(lock_pins(), installed())
+    problems += venv_differences(lock_pins(here=True), installed())
     if problems:
         sys.exit(f"error: the venv and {REQUIREMENTS_LOCK} disagree: {'; '.join(problems)}")
 
