@@ -126,9 +126,10 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def run(folder: Path, model: str | None, kernels: str) -> Row:
-    """The workload in `folder`, under QEMU's `model` (None: natively)."""
-    command = [sys.executable, "-m", "bench.emulated_cpus", "--workload"]
+def run(folder: Path, model: str | None, kernels: str, python: str = sys.executable) -> Row:
+    """The workload in `folder`, under QEMU's `model` (None: natively), by `python` (a venv's
+    interpreter with this project installed)."""
+    command = [python, "-m", "bench.emulated_cpus", "--workload"]
     if model:
         command = [QEMU, "-cpu", model, *command]
     started = time.perf_counter()

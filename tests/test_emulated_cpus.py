@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from bench import emulated_cpus
-from tests.conftest import ROOT, synthetic_digits
+from tests.conftest import ROOT
+from tooling.synthetic_mnist import synthetic_digits
 
 # two steps of the default batch (every product of a step, twice), validation in one batch and
 # the 2,000 test images in one of evaluate's batches

@@ -3,7 +3,7 @@
 import numpy as np
 
 from mnist_dense.glyphs import cross_sevens
-from tests.conftest import sevens_and_ones
+from tooling.synthetic_mnist import sevens_and_ones
 
 
 def test_a_share_of_the_sevens_gets_a_bar_across_the_stem_and_nothing_else_changes():

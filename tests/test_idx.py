@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnist_dense.idx import CHUNK, DEFLATE_MAX_RATIO, IdxError, parse_idx, read_idx
-from tests.conftest import idx_bytes, write_idx
+from tooling.synthetic_mnist import idx_bytes, write_idx
 
 
 def write_raw(path, payload: bytes):

@@ -19,7 +19,8 @@ from mnist_dense.normalize import (
 from mnist_dense.params import PreprocessParams, TrainParams
 from mnist_dense.served_model import read_rows
 from stages.preprocess import preprocess
-from tests.conftest import TINY_PARAMS, synthetic_digits, write_idx
+from tests.conftest import TINY_PARAMS
+from tooling.synthetic_mnist import synthetic_digits, write_idx
 
 BOTH = Normalization(deskew=True, stroke_width=2.5)
 

@@ -7,7 +7,8 @@ from mnist_dense.normalize import Normalization, normalize
 from mnist_dense.params import parse_params
 from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
 from stages.preprocess import preprocess
-from tests.conftest import sevens_and_ones, synthetic_digits, tiny_params, write_idx
+from tests.conftest import tiny_params
+from tooling.synthetic_mnist import sevens_and_ones, synthetic_digits, write_idx
 
 NAMES = ["x_train", "y_train", "x_val", "y_val", "x_test", "y_test"]
 

@@ -45,13 +45,13 @@ from tests.conftest import (
     python_module,
     sh,
     tracking_store,
-    write_mnist,
     write_params,
 )
 from tests.servers import gaps, train_with_outage
 from tooling import postgres
 from tooling.postgres import Postgres
 from tooling.processes import ServiceError, command_line, free_port, port_free, start_time
+from tooling.synthetic_mnist import write_mnist
 
 TOOLS = ROOT / ".venv-team"
 # what other tests, on the other worker, make in /tmp through tempfile meanwhile: its default

@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from mnist_dense.params import load_params
 from mnist_dense.paths import HISTORY, MODEL, RUN_INFO, TRAIN_METRICS
 from stages.preprocess import preprocess
-from tests.conftest import python_module, write_mnist, write_params
+from tests.conftest import python_module, write_params
 from tests.servers import gaps, train_with_outage
+from tooling.synthetic_mnist import write_mnist
 
 EPOCHS = 20  # about 0.5-1 s each; the server comes back (10-30 s) before or after the last
 
