@@ -125,10 +125,11 @@ def of_this_cpu() -> Sizes:
 
 def format_sizes(sizes: Sizes) -> str:
     """ "L1 48K, L2 2M, L3 300M"."""
-    return ", ".join(f"L{level} {_size(size)}" for level, size in enumerate(sizes, start=1))
+    return ", ".join(f"L{level} {format_size(size)}" for level, size in enumerate(sizes, start=1))
 
 
-def _size(size: int) -> str:
+def format_size(size: int) -> str:
+    """2097152 -> "2M", 49152 -> "48K"."""
     for unit, scale in (("M", 2**20), ("K", 2**10)):
         if size and size % scale == 0:
             return f"{size // scale}{unit}"

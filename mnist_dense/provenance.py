@@ -10,11 +10,13 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from mnist_dense import kernels
+from mnist_dense.eigen_caches import format_size
 from mnist_dense.params import Params, as_override, flatten
 
 DVC_LOCK = Path("dvc.lock")
@@ -102,10 +104,11 @@ def file_sha256(path: Path) -> str | None:
 
 
 def cpu_name() -> str:
+    """The CPU's model name: Linux's /proc/cpuinfo, macOS's sysctl, else what Python knows."""
     for line in _cpuinfo():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return sysctl("machdep.cpu.brand_string") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
@@ -115,11 +118,38 @@ def cpu_flags() -> list[str]:
 
 
 def cpu_vendor() -> str:
-    """GenuineIntel, AuthenticAMD, ... ("?" where /proc/cpuinfo is missing)."""
+    """GenuineIntel, AuthenticAMD, Apple, ... ("?" where neither /proc/cpuinfo nor sysctl
+    says)."""
     for line in _cpuinfo():
         if line.startswith("vendor_id"):
             return line.split(":", 1)[1].strip()
-    return "?"
+    brand = sysctl("machdep.cpu.brand_string") or ""
+    return sysctl("machdep.cpu.vendor") or ("Apple" if brand.startswith("Apple") else "?")
+
+
+def sysctl(name: str) -> str | None:
+    """A value of macOS's `sysctl` (None elsewhere, or where the name is unknown)."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        result = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def cpu_caches() -> str:
+    """This CPU's L1 data, L2 and L3 cache sizes: as Eigen reads them (cpuid) where TensorFlow
+    has loaded on Linux, else macOS's sysctl ("?" for what neither says)."""
+    read = kernels.cpu_caches()
+    if read != "?" or sys.platform != "darwin":
+        return read
+    names = ("hw.l1dcachesize", "hw.l2cachesize", "hw.l3cachesize")
+    sizes = [sysctl(name) for name in names]
+    return ", ".join(
+        f"L{level} {format_size(int(size)) if size and size.isdigit() else '?'}"
+        for level, size in enumerate(sizes, start=1)
+    )
 
 
 def cache_difference(then: str, here: str) -> str:
@@ -167,7 +197,7 @@ def environment(threads: int) -> dict[str, str]:
         "env.cpu": cpu_name(),
         "env.cpu_flags": " ".join(cpu_flags()),
         "env.cpu_vendor": cpu_vendor(),
-        "env.cpu_caches": kernels.cpu_caches(),
+        "env.cpu_caches": cpu_caches(),
         "env.cpu_count": str(os.cpu_count()),
         "env.usable_cores": str(usable_cores()),
         "env.threads": str(threads or usable_cores()),
@@ -178,10 +208,11 @@ def environment(threads: int) -> dict[str, str]:
 def machine_record() -> dict[str, str]:
     """What decides the bits on this machine, for metrics/run.json (make verify-repro)."""
     return {
+        "machine": platform.machine(),
         "kernel_path": kernels.path(),
         "eigen_blocking": kernels.eigen_blocking(),
         "cpu_vendor": cpu_vendor(),
-        "cpu_caches": kernels.cpu_caches(),
+        "cpu_caches": cpu_caches(),
     }
 
 

@@ -91,10 +91,22 @@ def stop_group(pid: int, timeout_s: float = 30) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+PROC = Path("/proc")  # Linux's; macOS has none
+
+
 def group_running(pgid: int) -> bool:
-    """Whether a member of process group `pgid` still runs: exited members not yet reaped
-    (zombies, whose parent is gone) do not count."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """Whether a member of process group `pgid` still runs: on Linux, exited members not yet
+    reaped (zombies, whose parent is gone) do not count; without /proc (macOS), whether the
+    group can still be signalled."""
+    if not PROC.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for stat in PROC.glob("[0-9]*/stat"):
         with suppress(OSError, IndexError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid and fields[0] != "Z":  # state, then ppid, then pgrp
@@ -106,7 +118,7 @@ def start_time(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot, /proc/<pid>/stat): with the pid,
     what tells it from a later process that reused the number."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
@@ -114,7 +126,7 @@ def start_time(pid: int) -> str | None:
 
 def command_line(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
 
