@@ -10,7 +10,7 @@ TEAM_LOCK := requirements-team.txt
 TEAM_TOOLS := .venv-team
 RUN_PATH := PATH="$(CURDIR)/$(BIN):$$PATH"
 # The tiers' markers are in pyproject.toml; tests/conftest.py marks each test by its fixtures.
-FAST := not slow and not services and not browser and not real_data and not emulated
+FAST := not slow and not services and not browser and not real_data and not emulated and not arm64
 # test-all's pytest-xdist workers (0: one process): each test file runs whole on one of them
 WORKERS ?= 2
 # what `make exps` leaves out of `dvc exp show`: the secondary metrics and every dependency's hash
@@ -18,7 +18,7 @@ EXP_HIDDEN := Created|test_loss|test_macro_f1|val_loss|mlflow_run_id|kernel_path
 
 .DEFAULT_GOAL := help
 .PHONY: help run test test-all test-emulated lint lock venv exp exps presets-table tune bench \
-	bench-tune emulated-cpus plots vendor-plots predict real-use reproduce verify-repro sync-runs \
+	bench-tune emulated-cpus arm64-emulated plots vendor-plots predict real-use reproduce verify-repro sync-runs \
 	registry ui ui-screenshots mlflow-server team-up team-down team-env team-tools team-lock
 
 help: ## this list
@@ -39,6 +39,9 @@ reproduce: $(STAMP) ## ARGS=<mlflow run id>: re-make that run from its record an
 
 emulated-cpus: $(STAMP) ## a small training on CPUs QEMU emulates (qemu-user): the same bits?
 	$(RUN_PATH) $(BIN)/python -m bench.emulated_cpus $(ARGS)
+
+arm64-emulated: $(STAMP) ## the stages on 64-bit ARM Linux under qemu-aarch64, against here
+	$(RUN_PATH) $(BIN)/python -m bench.arm64 $(ARGS)
 
 ##@ Experiments
 exp: $(STAMP) ## ARGS=<preset> [--seed N]: a preset of presets.yaml as a DVC experiment
@@ -101,12 +104,12 @@ team-env: $(STAMP) ## `make -s team-env`: the export lines a client shell needs
 test: $(STAMP) ## the fast tier: unit and in-process tests (minutes)
 	$(RUN_PATH) $(BIN)/python -m pytest -m "$(FAST)" $(ARGS)
 
-test-all: $(STAMP) ## every tier but emulated, servers and browser included (WORKERS=2)
+test-all: $(STAMP) ## every tier but the emulated ones, servers and browser included (WORKERS=2)
 	$(RUN_PATH) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --durations=25 \
-		-m "not emulated" $(ARGS)
+		-m "not emulated and not arm64" $(ARGS)
 
-test-emulated: $(STAMP) ## training on CPUs QEMU emulates (qemu-user): the same bits (minutes)
-	$(RUN_PATH) $(BIN)/python -m pytest -m emulated --durations=5 $(ARGS)
+test-emulated: $(STAMP) ## other CPUs and ARM, emulated by QEMU (qemu-user): minutes
+	$(RUN_PATH) $(BIN)/python -m pytest -m "emulated or arm64" --durations=5 $(ARGS)
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .

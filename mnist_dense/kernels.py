@@ -69,10 +69,29 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def portable_available(flags: set[str] | None = None) -> bool:
+def on_x86_64(machine: str | None = None) -> bool:
+    return (platform.machine() if machine is None else machine) in ("x86_64", "AMD64")
+
+
+def portable_available(flags: set[str] | None = None, machine: str | None = None) -> bool:
     """Whether this CPU runs the portable path: x86-64 with AVX2 (and FMA)."""
     flags = cpu_flags() if flags is None else flags
-    return {"avx2", "fma"} <= flags
+    return on_x86_64(machine) and {"avx2", "fma"} <= flags
+
+
+def sets(variable: str) -> bool:
+    """Whether the portable path sets `variable` here: every one on x86-64 (OpenBLAS's core
+    type only with AVX2); elsewhere only TensorFlow's rewrites, the others naming x86 parts."""
+    if not on_x86_64():
+        return variable == "TF_ENABLE_ONEDNN_OPTS"
+    return variable != "OPENBLAS_CORETYPE" or portable_available()
+
+
+def pins_blocking() -> bool:
+    """Whether the portable path pins Eigen's blocking here: on Linux (where TensorFlow's
+    libraries are found by /proc/self/maps), x86-64 with AVX2 or 64-bit ARM."""
+    arm = platform.machine() in ("aarch64", "arm64")
+    return sys.platform == "linux" and (portable_available() or arm)
 
 
 def mode_in(params_file: Path) -> str:
@@ -119,20 +138,20 @@ def select(mode: str, strict: bool = True) -> None:
         os.environ[OUTSIDE_ENV] = json.dumps(_outside)
     for variable, value in PORTABLE_ENV.items():
         outside = _outside[variable]
-        if mode == "portable" and (variable != "OPENBLAS_CORETYPE" or portable_available()):
+        if mode == "portable" and sets(variable):
             os.environ[variable] = value
         elif outside is None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = outside
     _selected.append(mode)
-    if mode == "portable" and portable_available():
+    if mode == "portable" and pins_blocking():
         tensorflow_loading.after(pin_caches)
 
 
 def pin_caches() -> None:
     """On the portable path, make Eigen block by PORTABLE_CACHES (TensorFlow has just loaded)."""
-    if active() != "portable" or not portable_available():
+    if active() != "portable" or not pins_blocking():
         return
     try:
         eigen_caches.pin(PORTABLE_CACHES)
@@ -191,8 +210,16 @@ def path() -> str:
                 f"Eigen blocks for {eigen_caches.format_sizes(PORTABLE_CACHES)})"
             )
         machine = platform.machine()
-        if machine not in ("x86_64", "AMD64"):
-            return f"portable unavailable: {machine} is not x86-64 (the CPU's own kernels)"
+        if not on_x86_64():
+            blocking = (
+                f"Eigen blocks for {eigen_caches.format_sizes(PORTABLE_CACHES)}"
+                if pins_blocking()
+                else "Eigen blocks by the CPU's caches"
+            )
+            return (
+                f"portable on {machine} (oneDNN rewrites off, Eigen's {machine} kernels, "
+                f"{blocking}): this architecture's bits, not x86-64's"
+            )
         return f"portable unavailable: this CPU lacks AVX2 (oneDNN {onednn_isa()})"
     rewrites = "on" if rewrites_on() else "off"
     return f"native (oneDNN rewrites {rewrites}, oneDNN {onednn_isa()}, NumPy and OpenBLAS: CPU's)"

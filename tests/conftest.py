@@ -98,6 +98,7 @@ HEAVY_FIXTURES = {
     "chromium": "browser",  # headless Chromium through chromedriver
     "real_mnist": "real_data",  # the real MNIST files in ../shared
     "qemu": "emulated",  # programs run under QEMU's emulated CPUs (qemu-user)
+    "qemu_aarch64": "arm64",  # the project on 64-bit ARM, emulated (qemu-user, Debian's arm64)
 }
 
 
@@ -143,6 +144,19 @@ def qemu() -> str:
     path = shutil.which("qemu-x86_64")
     if path is None or platform.machine() != "x86_64":
         pytest.skip("needs qemu-x86_64 (Debian's qemu-user) on an x86-64 machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qemu_aarch64() -> str:
+    """QEMU's user-mode aarch64 emulator, with Debian's arm64 packages enabled (skipped, so
+    failed in CI, without)."""
+    path = shutil.which("qemu-aarch64")
+    foreign = subprocess.run(
+        ["dpkg", "--print-foreign-architectures"], capture_output=True, text=True
+    ).stdout.split()
+    if path is None or "arm64" not in foreign:
+        pytest.skip("needs qemu-aarch64 (qemu-user) and `dpkg --add-architecture arm64`")
     return path
 
 

@@ -364,3 +364,22 @@ def test_importing_the_library_loads_neither_numpy_nor_tensorflow(tmp_path):
         text=True,
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_on_arm_the_portable_path_is_its_own_and_says_so(fresh, monkeypatch):
+    """No AVX2 there: portable pins what means something on ARM (TensorFlow's rewrites off,
+    Eigen's blocking on Linux) and records that these are ARM's bits, not x86-64's."""
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "aarch64")
+    kernels.select("portable")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"  # the user's: x86 names stay unset
+    assert not {"NPY_DISABLE_CPU_FEATURES", "OPENBLAS_CORETYPE"} & set(os.environ)
+    assert not kernels.portable_available() and kernels.pins_blocking()
+    assert kernels.path() == (
+        "portable on aarch64 (oneDNN rewrites off, Eigen's aarch64 kernels, Eigen blocks for "
+        "L1 48K, L2 2M, L3 300M): this architecture's bits, not x86-64's"
+    )
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(kernels.sys, "platform", "darwin")  # no /proc/self/maps to find Eigen by
+    assert not kernels.pins_blocking()
+    assert "Eigen blocks by the CPU's caches" in kernels.path()

@@ -231,11 +231,18 @@ def test_verify_repro_flags_a_difference_and_names_its_likely_reason():
     assert (mismatches, compared) == (1, 1)
     assert "DIFFERENT" in report and "differs by nature" in report
     then = {
+        "machine": "x86_64",
         "kernel_path": "portable (x)",
         "eigen_blocking": "L1 48K, L2 2M, L3 300M",
         "cpu_vendor": "GenuineIntel",
         "cpu_caches": "L1 48K, L2 2M, L3 300M",
+        "test_accuracy": "0.9894",
     }
+    arm = then | {"machine": "aarch64", "kernel_path": "portable on aarch64 (z)"}
+    assert likely_reason(then, arm | {"test_accuracy": "0.989"}) == (
+        "this machine's architecture (aarch64) computes other bits than the committed lock "
+        "(made on x86_64): test accuracy 98.94 % there, 98.90 % here (-0.04 points)"
+    )
     here = then | {"kernel_path": "native (y)"}
     assert likely_reason(then, here) == ("another kernel path: portable (x) then, native (y) here")
     here = then | {"eigen_blocking": "L1 32K, L2 512K, L3 16M"}  # made before the pin, say
