@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from mnist_dense import kernels, provenance
+from tests.conftest import ROOT
 from tooling import processes
 
 APPLE_M2 = {  # what `sysctl -n` answers on an Apple M2 (it has no L3 entry)
@@ -54,3 +55,28 @@ def test_process_groups_are_found_without_proc(monkeypatch, tmp_path):
     finished.wait()
     assert not processes.group_running(finished.pid)
     assert processes.start_time(os.getpid()) is None and processes.command_line(1) == []
+
+
+# GNU make features newer than 3.81, the make macOS ships, and what each would break there
+NEWER_THAN_MAKE_3_81 = {
+    ".ONESHELL": "3.82",
+    ".SHELLFLAGS": "3.82",
+    ".RECIPEPREFIX": "3.82",
+    "undefine ": "3.82",
+    "private ": "3.82",
+    " != ": "4.0",
+    "::=": "4.0",
+    "$(file ": "4.0",
+    "&:": "4.3",
+    "$(let ": "4.4",
+    "$(intcmp ": "4.4",
+}
+
+
+def test_the_makefile_needs_nothing_newer_than_the_make_macos_ships():
+    """macOS ships GNU make 3.81 (and bash 3.2 and BSD tools, which the recipes' sh, awk and
+    test calls work with); the Makefile sticks to 3.81's features, so no `brew install make`."""
+    text = (ROOT / "Makefile").read_text()
+    used = {feature: since for feature, since in NEWER_THAN_MAKE_3_81.items() if feature in text}
+    assert used == {}
+    assert "grep -P" not in text and "sed -i" not in text and "nproc" not in text  # GNU-only
