@@ -1,12 +1,18 @@
 """Writing outputs safely: a temporary name beside the target, renamed into place when complete.
 
 DVC caches whatever sits at an output path, so a crash or Ctrl-C must never leave a partial
-file there: either the old complete output, no output, or the new complete output.
+file there: either the old complete output, no output, or the new complete output. A rename
+alone only orders the names, not the bytes: after a power cut the kernel may have written the
+new name but not the data, leaving an empty `.team/stack.json` or a pending record. So the
+temporary is fsynced (every file and folder in it) before the rename, and its folder after, so
+the new name itself is on disk when the write returns.
 """
 
+import errno
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,12 +50,53 @@ def remove_stale_temporaries(path: Path) -> None:
             _remove(temp)
 
 
+def fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (a name just created, renamed or removed in it) to the disk.
+
+    A file system that cannot fsync a folder (EINVAL: some network and FUSE file systems)
+    has nothing more to flush that way, so that is not an error."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's bytes to the disk (any descriptor of it flushes them)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder (the folder itself last), so a
+    folder renamed into place afterwards holds complete files after a power cut."""
+    path = Path(path)
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        return  # a link's target is not ours to flush; the link's name is its folder's
+    if not stat.S_ISDIR(mode):
+        fsync_file(path)
+        return
+    for child in path.iterdir():
+        fsync_tree(child)
+    fsync_folder(path)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; move it to `path` only if the block succeeds.
 
     The temporary name (`.tmp-<pid>-<name>`) keeps the file's suffix, so writers that insist
-    on one (Keras, NumPy) accept it. Works for a file or a folder.
+    on one (Keras, NumPy) accept it. Works for a file or a folder. Durable once it returns:
+    the temporary is fsynced before the rename and the folder after it (the module's
+    docstring says why).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,9 +105,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     _remove(temp)
     try:
         yield temp
+        if temp.exists() or temp.is_symlink():  # else os.replace says what is missing
+            fsync_tree(temp)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)  # a folder cannot be replaced in one rename
         os.replace(temp, path)
+        fsync_folder(path.parent)
     finally:
         _remove(temp)
 
@@ -89,10 +139,15 @@ def write_private(path: Path, text: str) -> None:
 
 
 def private_folder(path: Path) -> Path:
-    """A folder only its owner may enter (0700), made or tightened."""
+    """A folder only its owner may enter (0700), made or tightened; a new one's name is
+    fsynced in its parent, so what is later written durably inside it is found after a
+    power cut."""
     path = Path(path)
+    created = not path.exists()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
+    if created:
+        fsync_folder(path.parent)
     return path
 
 

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mnist_dense.cli import PipelineError
-from mnist_dense.files import atomic_path, load_arrays, save_arrays, write_text
+from mnist_dense.files import (
+    atomic_path,
+    load_arrays,
+    private_folder,
+    save_arrays,
+    write_private,
+    write_text,
+)
 from tests.conftest import ROOT
 from tests.imports import PACKAGES
 
@@ -70,6 +77,56 @@ def test_temporaries_of_a_killed_process_are_removed_on_the_next_write(tmp_path)
     mine.write_text("in progress")
     write_text(tmp_path / "model.keras", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "model.keras"]
+
+
+@pytest.fixture
+def disk_events(monkeypatch) -> list[tuple[str, int]]:
+    """What reaches the disk, in order: ("fsync", inode of the file or folder) for each fsync,
+    ("rename", inode of what was renamed) for each os.replace."""
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.fstat(descriptor).st_ino))
+        real_fsync(descriptor)
+
+    def replace(source, destination) -> None:
+        events.append(("rename", os.lstat(source).st_ino))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+@pytest.mark.parametrize("writer", [write_text, write_private])
+def test_a_file_written_atomically_is_fsynced_before_its_rename_and_its_folder_after(
+    tmp_path, disk_events, writer
+):
+    """Without both, a power cut can leave the new name on an empty file, or the old file."""
+    target = tmp_path / "stack.json"
+    writer(target, "{}")
+    file, folder = target.stat().st_ino, tmp_path.stat().st_ino
+    rename = disk_events.index(("rename", file))
+    assert ("fsync", file) in disk_events[:rename]
+    assert ("fsync", folder) in disk_events[rename + 1 :]
+
+
+def test_a_folder_written_atomically_has_every_file_fsynced_before_its_rename(
+    tmp_path, disk_events
+):
+    save_arrays(tmp_path / "processed", {"a": np.zeros(3), "b": np.ones(3)})
+    folder = tmp_path / "processed"
+    rename = disk_events.index(("rename", folder.stat().st_ino))
+    before = disk_events[:rename]
+    for path in (folder / "a.npy", folder / "b.npy", folder):
+        assert ("fsync", path.stat().st_ino) in before, path
+    assert ("fsync", tmp_path.stat().st_ino) in disk_events[rename + 1 :]
+
+
+def test_a_new_private_folder_is_fsynced_into_its_parent(tmp_path, disk_events):
+    private_folder(tmp_path / "pending")
+    assert disk_events == [("fsync", tmp_path.stat().st_ino)]
 
 
 def test_pickled_arrays_are_refused(tmp_path):

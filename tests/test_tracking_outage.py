@@ -3,12 +3,19 @@
 The training runs as `dvc repro` runs it (`python -m stages.train`), long enough per epoch
 (about a second) for the server to be stopped at epoch 2 and started again an epoch later; no
 epoch waits for it, and what could not be sent meanwhile reaches it once it answers again.
+Killed outright (SIGKILL) while the server is down, it still loses no epoch: its journal is
+sent by `make sync-runs`, which marks the run KILLED.
 """
 
 import json
+import os
+import signal
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -63,7 +70,7 @@ def test_a_server_restart_mid_training_loses_nothing_and_holds_up_no_epoch(
     assert [a.path for a in client.list_artifacts(run_id, "figures")] == [
         "figures/training_curves.png"
     ]
-    assert not (folder / ".mlflow-pending").exists()
+    assert list((folder / ".mlflow-pending").iterdir()) == []  # the journal went with the log
 
 
 def test_an_outage_outlasting_the_training_keeps_the_log_for_later(in_project, mlflow_server):
@@ -89,3 +96,62 @@ def test_an_outage_outlasting_the_training_keeps_the_log_for_later(in_project, m
     figures = [a.path for a in client.list_artifacts(run_id, "figures")]
     assert figures == ["figures/training_curves.png"]
     assert list((folder / ".mlflow-pending").iterdir()) == []
+
+
+def next_epoch(process: subprocess.Popen) -> int:
+    """The number of the next epoch line the training prints (the stage's other lines skipped)."""
+    for line in process.stdout:
+        if line.startswith("epoch "):
+            return int(line.split()[1].split("/")[0])
+    raise AssertionError(f"the training ended: {process.stderr.read()}")
+
+
+def test_a_training_killed_during_an_outage_loses_no_epoch_and_its_run_ends_killed(
+    in_project, mlflow_server, start_stage
+):
+    """SIGKILL (as the out-of-memory killer sends) while the server is down: no `close()`
+    runs, so only the journal can hold the epochs that were not sent."""
+    started = time.monotonic()
+    folder, server = in_project, mlflow_server
+    write_mnist(folder / "data" / "raw", train_count=2000, test_count=50)  # ~0.05 s an epoch
+    write_params(folder, train={"epochs": 1000}, tracking={"enabled": True})  # outlives the test
+    preprocess(load_params().preprocess)
+    process = start_stage(
+        "train", {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_EXPERIMENT_NAME": "killed"}
+    )
+    while next_epoch(process) < 2:
+        pass
+    server.stop()  # the outage: the training goes on meanwhile
+    for _ in range(2):  # two epochs ended while the server was down
+        next_epoch(process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    # every epoch the training reported (metrics/history.csv, written after each epoch's
+    # metrics were logged) is in the journal, not sent yet
+    history = pd.read_csv(HISTORY)
+    assert len(history) >= 3
+    (kept,) = (folder / ".mlflow-pending").iterdir()
+    run_id = kept.name.split("-", 1)[1]
+    server.start()
+    client = MlflowClient(server.uri)
+    before = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+    assert len(before) < len(history), "the outage held back no epoch: nothing was tested"
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    synced = python_module("commands.sync_runs", cwd=folder)
+    assert synced.returncode == 0, synced.stderr
+    assert f"then run {run_id} marked KILLED if still RUNNING" in synced.stdout
+    logged = client.get_metric_history(run_id, "val_accuracy")
+    # the journal may hold one epoch more than history.csv (killed between the two)
+    assert [m.step for m in logged] == list(range(1, len(logged) + 1))
+    assert len(logged) in (len(history), len(history) + 1)
+    values = [m.value for m in logged[: len(history)]]
+    assert values == pytest.approx(history["val_accuracy"].tolist())
+    for name in ("loss", "accuracy", "val_loss"):
+        assert len(client.get_metric_history(run_id, name)) == len(logged)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert list((folder / ".mlflow-pending").iterdir()) == []
+    print(f"killed at epoch {len(history)}, {len(before)} epochs sent before the outage")
+    print(f"test wall time {time.monotonic() - started:.1f} s")
