@@ -2,6 +2,9 @@
 
 Each section is a strict schema: an unknown key, a wrong type, a value out of range or an
 incompatible combination stops the stage with one line naming the key and what is allowed.
+Every float must be finite (`.inf` and `.nan` are YAML floats, and an infinite learning rate
+would train to NaN weights and exit 0), and every size has an upper bound, so a typo of a few
+zeros fails here in a line instead of exhausting memory or overflowing a seed hours later.
 """
 
 import difflib
@@ -46,14 +49,31 @@ def read_yaml(text: str) -> object:
     return yaml.load(text, Loader=_Yaml12Floats)
 
 
+# Upper bounds on sizes: generous, far beyond anything that trains MNIST sensibly, yet below
+# what exhausts memory or overflows a type: two layers of 8192 units hold 67 million weights
+# (the best preset's widest is 1024); MNIST has 60,000 training images, so no batch can hold
+# more; a thousand epochs is hours even for the smallest net; 32 layers is past where a plain
+# dense stack trains; an elastic field smoothed wider than the 28-pixel image is a mere shift,
+# and its Gaussian's taps grow with sigma.
+MAX_UNITS = 8192
+MAX_LAYERS = 32
+MAX_BATCH = 60_000
+MAX_EPOCHS = 1000
+MAX_THREADS = 1024
+MAX_ELASTIC_SIGMA = 28.0
+MAX_TRAIN_SEED = 2**31 - 1  # mnist_dense/fit.py seeds the shuffling with a tf.int32
+MAX_SPLIT_SEED = 2**32 - 1  # scikit-learn's random_state and NumPy's seeds take 32 bits
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are refused for every float, whatever its range
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class PreprocessParams(_Section):
     val_fraction: float = Field(gt=0, lt=1)
     split: Literal["stratified", "tail"]
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=MAX_SPLIT_SEED)
     deskew: bool
     stroke_width: float = Field(ge=0, le=6)
     crossed_sevens: float = Field(ge=0, le=1)
@@ -67,7 +87,9 @@ Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]  # Keras' names (keras.op
 
 
 class TrainParams(_Section):
-    hidden_units: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    hidden_units: list[Annotated[int, Field(gt=0, le=MAX_UNITS)]] = Field(
+        min_length=1, max_length=MAX_LAYERS
+    )
     activation: Literal["relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid"]
     dropout: float = Field(ge=0, lt=1)
     optimizer: Optimizer
@@ -80,10 +102,10 @@ class TrainParams(_Section):
     loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"]
     label_smoothing: float = Field(ge=0, lt=1)
     batch_norm: bool
-    batch_size: int = Field(gt=0)
-    epochs: int = Field(gt=0)
-    seed: int = Field(ge=0)
-    threads: int = Field(ge=0)
+    batch_size: int = Field(gt=0, le=MAX_BATCH)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
+    seed: int = Field(ge=0, le=MAX_TRAIN_SEED)
+    threads: int = Field(ge=0, le=MAX_THREADS)
     precision: Literal["float32", "mixed_bfloat16"]
     kernels: Literal["portable", "native"]  # mnist_dense/kernels.py
 
@@ -108,7 +130,7 @@ class AugmentParams(_Section):
     scale: float = Field(ge=0, lt=1)
     shift: float = Field(ge=0, le=14)
     elastic_alpha: float = Field(ge=0)
-    elastic_sigma: float = Field(gt=0)
+    elastic_sigma: float = Field(gt=0, le=MAX_ELASTIC_SIGMA)
     shear: float = Field(ge=0, le=45)
     stroke: float = Field(ge=0, le=1)
     low_res: float = Field(ge=0, le=1)

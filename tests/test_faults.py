@@ -140,8 +140,10 @@ def test_evaluate_warns_when_the_training_run_is_not_in_the_store(processed, cal
     assert TEST_METRICS.is_file()
 
 
-def test_out_of_memory_is_one_line(processed, call_main):
-    write_params(processed, train={"hidden_units": [2**31 - 1, 2**31 - 1]})
+def test_out_of_memory_is_one_line(processed, call_main, monkeypatch):
+    valid = load_params()  # sizes this large are refused by params.yaml's bounds: set past them
+    huge = valid.train.model_copy(update={"hidden_units": [2**31 - 1, 2**31 - 1]})
+    monkeypatch.setattr(train, "load_params", lambda: valid.model_copy(update={"train": huge}))
     result = call_main(train.main)
     assert result.code == 1 and "Traceback" not in result.err
     (line,) = result.errors()
@@ -168,7 +170,7 @@ def test_damaged_model_file_is_a_clear_error_and_exits_1(processed, call_main, r
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_training_leaves_no_partial_output(processed, signum, start_stage):
-    write_params(processed, train={"epochs": 100000})
+    write_params(processed, train={"epochs": 1000})
     process = start_stage("train")
     for line in process.stdout:
         if line.startswith("epoch 3/"):

@@ -1,10 +1,11 @@
 import copy
+import math
 
 import pytest
 import yaml
 
 from mnist_dense.cli import PipelineError
-from mnist_dense.params import flatten, load_params, parse_params
+from mnist_dense.params import Params, flatten, load_params, parse_params
 from tests.conftest import ROOT, TINY_PARAMS, tiny_params
 
 
@@ -122,3 +123,74 @@ def test_numbers_dvc_writes_in_exponent_form_are_read_as_numbers(tmp_path):
     )
     (tmp_path / "params.yaml").write_text(text)
     assert load_params(tmp_path / "params.yaml").train.learning_rate == 1e-05
+
+
+def _float_keys() -> list[tuple[str, str]]:
+    """Every float param of the schema: a float added later is covered without a new test."""
+    return [
+        (section, key)
+        for section, field in Params.model_fields.items()
+        for key, inner in field.annotation.model_fields.items()
+        if inner.annotation is float
+    ]
+
+
+@pytest.mark.parametrize(("section", "key"), _float_keys())
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_infinite_or_nan_floats_are_refused_for_every_float(section, key, value):
+    message = error_of(with_change(section, key, value))
+    assert f"{section}.{key}: input should be a finite number, got {value!r}" in message
+
+
+def test_an_infinite_learning_rate_in_params_yaml_is_refused(tmp_path):
+    """The case tried: `learning_rate: .inf` passed and trained, exit 0."""
+    text = yaml.safe_dump(tiny_params(), sort_keys=False)
+    (tmp_path / "params.yaml").write_text(
+        text.replace("learning_rate: 0.01", "learning_rate: .inf")
+    )
+    with pytest.raises(PipelineError, match=r"train.learning_rate: input should be a finite"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        (
+            "train",
+            "hidden_units",
+            [64, 8193],
+            "train.hidden_units.1: input should be less than or equal to 8192",
+        ),
+        ("train", "hidden_units", [16] * 33, "train.hidden_units: list should have at most 32"),
+        (
+            "train",
+            "batch_size",
+            60_001,
+            "train.batch_size: input should be less than or equal to 60000",
+        ),
+        ("train", "epochs", 1001, "train.epochs: input should be less than or equal to 1000"),
+        ("train", "threads", 1025, "train.threads: input should be less than or equal to 1024"),
+        ("train", "seed", 2**31, "train.seed: input should be less than or equal to 2147483647"),
+        (
+            "preprocess",
+            "seed",
+            2**32,
+            "preprocess.seed: input should be less than or equal to 4294967295",
+        ),
+        (
+            "augment",
+            "elastic_sigma",
+            29.0,
+            "augment.elastic_sigma: input should be less than or equal to 28",
+        ),
+    ],
+)
+def test_sizes_above_their_bound_are_refused_naming_it(section, key, value, expected):
+    assert expected in error_of(with_change(section, key, value))
+
+
+def test_sizes_at_their_bound_are_accepted():
+    params = tiny_params(
+        train={"hidden_units": [8192] * 32, "batch_size": 60_000, "epochs": 1000, "threads": 1024}
+    )
+    assert parse_params(params).train.epochs == 1000
