@@ -1,5 +1,6 @@
 # The project's commands. `make` alone (or `make help`) lists them by group. Targets that take
-# arguments take them one way: ARGS='...', passed to the command as they are.
+# arguments take them one way: ARGS='...', split into words as a shell splits them (quotes
+# group words: ARGS='promote 3 --why "best preset"'), but never run as shell code (WITH_ARGS).
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,6 +10,17 @@ LOCK := requirements.txt
 TEAM_LOCK := requirements-team.txt
 TEAM_TOOLS := .venv-team
 RUN_PATH := PATH="$(CURDIR)/$(BIN):$$PATH"
+# ARGS never reaches a recipe's shell as text: make keeps it unexpanded ($(value): a `$(shell
+# ...)` in it stays text) and hands it over in the environment, and WITH_ARGS splits it with
+# Python's shlex (no eval, no globbing) and appends the words to the command it then runs, so
+# `;`, `|`, `&`, `$(...)`, backquotes and redirections in ARGS are plain words. An unclosed
+# quote is one line. (override, $(value) and export are all GNU make 3.81's.)
+override ARGS := $(value ARGS)
+export ARGS
+WITH_ARGS = $(BIN)/python -c 'import os, shlex, sys; \
+	sys.excepthook = lambda kind, error, trace: sys.stderr.write(f"error: ARGS: {error}\n"); \
+	words = sys.argv[1:] + shlex.split(os.environ.get("ARGS", "")); \
+	sys.excepthook = sys.__excepthook__; os.execv(words[0], words)'
 # The tiers' markers are in pyproject.toml; tests/conftest.py marks each test by its fixtures.
 FAST := not slow and not services and not browser and not real_data and not emulated and not arm64
 # test-all's pytest-xdist workers (0: one process): each test file runs whole on one of them
@@ -29,40 +41,40 @@ help: ## this list
 
 ##@ Pipeline
 run: $(STAMP) ## the pipeline: .venv from requirements.txt if needed, then `dvc repro`
-	$(RUN_PATH) $(BIN)/dvc repro $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/dvc repro
 
 verify-repro: $(STAMP) ## re-run preprocess, train, evaluate from scratch; compare with dvc.lock
 	$(RUN_PATH) $(BIN)/python -m commands.verify_repro
 
 reproduce: $(STAMP) ## ARGS=<mlflow run id>: re-make that run from its record and compare
-	$(RUN_PATH) $(BIN)/python -m commands.reproduce $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m commands.reproduce
 
 emulated-cpus: $(STAMP) ## a small training on CPUs QEMU emulates (qemu-user): the same bits?
-	$(RUN_PATH) $(BIN)/python -m bench.emulated_cpus $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m bench.emulated_cpus
 
 arm64-emulated: $(STAMP) ## the stages on 64-bit ARM Linux under qemu-aarch64, against here
-	$(RUN_PATH) $(BIN)/python -m bench.arm64 $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m bench.arm64
 
 ##@ Experiments
 exp: $(STAMP) ## ARGS=<preset> [--seed N]: a preset of presets.yaml as a DVC experiment
-	$(RUN_PATH) $(BIN)/python -m commands.presets run $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m commands.presets run
 
 exps: $(STAMP) ## the experiments at a glance, best test accuracy first (120 columns)
-	$(RUN_PATH) $(BIN)/dvc exp show --only-changed --sort-by test_accuracy --sort-order desc \
-		--drop '$(EXP_HIDDEN)' $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/dvc exp show --only-changed --sort-by test_accuracy \
+		--sort-order desc --drop '$(EXP_HIDDEN)'
 
 presets-table: $(STAMP) ## every preset over 3 seeds: docs/results.md's table
-	$(RUN_PATH) $(BIN)/python -m commands.presets table $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m commands.presets table
 
 tune: $(STAMP) ## ARGS='--trials 20 --jobs 2 ...': an Optuna search over DVC experiments
-	$(RUN_PATH) $(BIN)/python -m commands.tune $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m commands.tune
 
 plots: $(STAMP) ## `dvc plots diff` of HEAD and the newest experiment, photographed offline
-	$(RUN_PATH) $(BIN)/python -m commands.plots $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m commands.plots
 
 bench: $(STAMP) ## speed and memory against a plain Keras baseline (results/bench.md)
 	$(RUN_PATH) $(BIN)/dvc repro download
-	$(RUN_PATH) $(BIN)/python -m bench.bench $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m bench.bench
 
 bench-tune: $(STAMP) ## the search against a queued grid, same budget (results/bench-tune.md)
 	$(RUN_PATH) $(BIN)/dvc repro download
@@ -70,26 +82,26 @@ bench-tune: $(STAMP) ## the search against a queued grid, same budget (results/b
 
 ##@ Models
 predict: $(STAMP) ## ARGS='digit.png scans/': the digit in each image (the champion answers)
-	$(BIN)/python -m commands.predict $(ARGS)
+	$(WITH_ARGS) $(BIN)/python -m commands.predict
 
 real-use: $(STAMP) ## accuracy on digits redrawn as other writers and photos, through predict
-	$(BIN)/python -m commands.real_use $(ARGS)
+	$(WITH_ARGS) $(BIN)/python -m commands.real_use
 
 registry: $(STAMP) ## the registered versions; ARGS='promote N --why ...' moves the champion
-	$(BIN)/python -m commands.registry $(or $(ARGS),list)
+	ARGS="$${ARGS:-list}" $(WITH_ARGS) $(BIN)/python -m commands.registry
 
 sync-runs: $(STAMP) ## send the run logs kept in .mlflow-pending/ while the store was down
 	$(BIN)/python -m commands.sync_runs
 
 ##@ Servers
 ui: $(STAMP) ## the MLflow UI on 127.0.0.1:5000; its first line opens the runs view
-	@$(BIN)/python -m commands.ui $(ARGS)
+	@$(WITH_ARGS) $(BIN)/python -m commands.ui
 
 ui-screenshots: $(STAMP) ## the MLflow UI photographed in headless Chromium (results/)
 	$(BIN)/python -m commands.ui_screenshots
 
 mlflow-server: $(STAMP) ## a tracking server on 127.0.0.1:5002 (docs/tracking.md)
-	@$(BIN)/python -m commands.ui --serve --port 5002 $(ARGS)
+	@$(WITH_ARGS) $(BIN)/python -m commands.ui --serve --port 5002
 
 team-up: $(STAMP) team-tools ## PostgreSQL + S3 (SeaweedFS) + MLflow server (docs/team.md)
 	$(RUN_PATH) $(BIN)/python -m commands.team up
@@ -102,14 +114,14 @@ team-env: $(STAMP) ## `make -s team-env`: the export lines a client shell needs
 
 ##@ Development
 test: $(STAMP) ## the fast tier: unit and in-process tests (minutes)
-	$(RUN_PATH) $(BIN)/python -m pytest -m "$(FAST)" $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m pytest -m "$(FAST)"
 
 test-all: $(STAMP) ## every tier but the emulated ones, servers and browser included (WORKERS=2)
-	$(RUN_PATH) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --durations=25 \
-		-m "not emulated and not arm64" $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile \
+		--durations=25 -m "not emulated and not arm64"
 
 test-emulated: $(STAMP) ## other CPUs and ARM, emulated by QEMU (qemu-user): minutes
-	$(RUN_PATH) $(BIN)/python -m pytest -m "emulated or arm64" --durations=5 $(ARGS)
+	$(RUN_PATH) $(WITH_ARGS) $(BIN)/python -m pytest -m "emulated or arm64" --durations=5
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .

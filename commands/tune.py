@@ -6,7 +6,8 @@
 
 The search space is tune.yaml (--space FILE): one entry per params.yaml key, an int or float
 range (`log: true` for a log scale) or a list of choices, checked against the params schema
-before any trial. `-S key=value` fixes a param for every trial. Each trial runs as
+before any trial. `-S key=value` fixes a param for every trial (a key of the space it fixes
+is not searched; the report shows what ran). Each trial runs as
 `dvc exp run --temp -n <study>-<number>` with its params, so `dvc exp show` lists it and
 `dvc exp apply` brings it back; its MLflow run is a child of the study's parent run, which
 holds the search space, the best trial so far and Optuna's plots. The objective is the final
@@ -31,11 +32,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -47,7 +51,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from commands.presets import apply
 from mnist_dense import store
 from mnist_dense.cli import PipelineError, run
-from mnist_dense.params import PARAMS_FILE, as_override, from_text, parse_params, read_yaml
+from mnist_dense.params import (
+    PARAMS_FILE,
+    as_override,
+    as_text,
+    from_text,
+    parse_params,
+    read_yaml,
+)
 from mnist_dense.provenance import project_root
 from mnist_dense.tracking import PARENT_ENV, TRIAL_ENV
 from tooling.processes import tool
@@ -56,6 +67,8 @@ SPACE_FILE = Path("tune.yaml")
 EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ .* val_accuracy ([\d.]+)")
 HEARTBEAT_S = int(os.environ.get("MNIST_TUNE_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("MNIST_TUNE_GRACE_S", "40"))  # a trial silent this long is dead
+FIXED_ATTR = "fixed"  # a trial's user attribute: the -S params it ran with besides its own
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -137,10 +150,42 @@ def fixed_overrides(settings: list[str], base: dict) -> dict[str, object]:
     return fixed
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGINT (as Ctrl-C: DVC cleans up) when the worker dies, even by
-    SIGKILL (Linux)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+def _pdeathsig() -> Callable[[], object] | None:
+    """What a trial's process runs between fork and exec so that it receives SIGINT (as
+    Ctrl-C: DVC cleans up) when the worker dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG).
+
+    Resolved here, in the worker at import, before any thread or fork: loading libc and
+    looking up `prctl` after fork could wait forever on a loader lock that another of the
+    worker's threads (--jobs, Optuna's heartbeat) held at the fork. The child only calls the
+    resolved function. None where there is no prctl (macOS): no parent-death signal there.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    return partial(prctl, PR_SET_PDEATHSIG, int(signal.SIGINT))
+
+
+_die_with_parent = _pdeathsig()
+
+
+def searched(space: list[Dimension], fixed: dict[str, object]) -> list[Dimension]:
+    """The space without the keys -S fixes: a fixed key is not sampled, so Optuna neither
+    models nor reports a value that never ran. Says which it leaves out; refuses to search
+    nothing."""
+    left = [d for d in space if d.key not in fixed]
+    for key in (d.key for d in space if d.key in fixed):
+        print(f"{key}: fixed at {as_text(fixed[key])} by -S, not searched", flush=True)
+    if not left:
+        raise PipelineError(
+            f"-S fixes every key of the search space ({', '.join(d.key for d in space)}); "
+            "nothing left to search"
+        )
+    return left
+
+
+def ran(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
+    """The params a trial ran with: Optuna's sampled ones and those -S fixed."""
+    return trial.params | trial.user_attrs.get(FIXED_ATTR, {})
 
 
 class Tuner:
@@ -176,6 +221,7 @@ class Tuner:
 
     def objective(self, trial: optuna.Trial) -> float:
         params = {d.key: d.suggest(trial) for d in self.space} | self.fixed
+        trial.set_user_attr(FIXED_ATTR, self.fixed)  # what ran beyond Optuna's params
         name = f"{self.study.study_name}-{trial.number}"
         trial.set_user_attr("dvc_exp", name)
         command = [tool("dvc"), "exp", "run", "--temp", "-n", name]
@@ -193,7 +239,7 @@ class Tuner:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # its own group: pruning stops dvc and the stage together
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # resolved before any fork (_pdeathsig)
         )
         tail: list[str] = []
         started = time.monotonic()
@@ -272,7 +318,7 @@ class Tuner:
             self.client.log_metric(self.parent, "best_val_accuracy", best.value, step=trial.number)
             self.client.set_tag(self.parent, "best.dvc_exp", best.user_attrs.get("dvc_exp", ""))
             self.client.set_tag(self.parent, "best.trial", str(best.number))
-            self.client.set_tag(self.parent, "best.params", json.dumps(best.params))
+            self.client.set_tag(self.parent, "best.params", json.dumps(ran(best)))
             self._log_plots(study)
 
     def _log_plots(self, study: optuna.Study) -> None:
@@ -351,6 +397,7 @@ def main() -> None:
     base = read_yaml(PARAMS_FILE.read_text())
     space = load_space(Path(args.space), base)
     fixed = fixed_overrides(args.fixed, base)
+    space = searched(space, fixed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", module="optuna.importance")  # "importances will be equal"
@@ -385,7 +432,7 @@ def report(study: optuna.Study, tuner: Tuner) -> None:
     child = tuner.client.search_runs([tuner.experiment], query)
     print(f"study {study.study_name}: {len(study.trials)} trials ({counts})")
     print(
-        f"best: trial {best.number}, val_accuracy {best.value:.4f}, params {best.params}, "
+        f"best: trial {best.number}, val_accuracy {best.value:.4f}, params {ran(best)}, "
         f"DVC experiment {name}, MLflow run {child[0].info.run_id if child else '?'}"
     )
     print(f"adopt it: dvc exp apply {name}")

@@ -1,5 +1,7 @@
 """`make tune`: an Optuna search over DVC experiments, on tiny data in a copy of the project."""
 
+import ctypes
+import json
 import os
 import re
 import signal
@@ -7,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -14,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from commands import tune as tune_command
-from commands.tune import load_space
+from commands.tune import Dimension, load_space, searched
 from mnist_dense.cli import PipelineError
 from tests.conftest import ROOT, exp_run, experiments
 
@@ -101,6 +104,88 @@ def test_a_bad_search_space_stops_the_command_before_any_trial(workdir, call_mai
         result.err.strip() == "error: bad.yaml: train.dropout: low (0.5) must be below high (0.1)"
     )
     assert not (workdir / "optuna.db").exists()
+
+
+def test_a_key_fixed_by_s_is_not_searched_and_the_report_shows_what_ran(
+    workdir, call_main, monkeypatch
+):
+    """`-S train.epochs=2` with train.epochs in the space: every trial runs 2 epochs, so
+    Optuna never samples (nor reports) an epoch count, and the best's params show 2."""
+    (workdir / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    commands: list[list[str]] = []
+
+    class InstantTrial:
+        """A trial's `dvc exp run` that ends at once, printing no epoch: its command kept."""
+
+        def __init__(self, command: list[str], **options: object) -> None:
+            commands.append(command)
+            self.stdout, self.pid = iter(()), 0
+
+        def wait(self) -> int:
+            return 0
+
+    instant = SimpleNamespace(
+        Popen=InstantTrial,
+        PIPE=subprocess.PIPE,
+        STDOUT=subprocess.STDOUT,
+        CalledProcessError=subprocess.CalledProcessError,
+        run=subprocess.run,
+    )
+    monkeypatch.setattr(tune_command, "subprocess", instant)
+    monkeypatch.setattr(tune_command.Tuner, "_validation_accuracy", lambda self, name: 0.9)
+    monkeypatch.setattr(tune_command.Tuner, "_log_plots", lambda self, study: None)
+    args = ("--space", "space.yaml", "--study", "fixed", "--trials", "2", "-S", "train.epochs=2")
+    result = call_main(tune_command.main, *args)
+    assert result.code == 0, result.err
+    assert "train.epochs: fixed at 2 by -S, not searched" in result.out
+    assert len(commands) == 2
+    for command in commands:
+        overrides = [command[i + 1] for i, part in enumerate(command) if part == "-S"]
+        assert [o for o in overrides if o.startswith("train.epochs=")] == ["train.epochs=2"]
+    trials = study_of(workdir, "fixed").trials
+    assert all(set(t.params) == {"train.learning_rate", "train.hidden_units"} for t in trials)
+    (best,) = [line for line in result.out.splitlines() if line.startswith("best:")]
+    assert "'train.epochs': 2" in best and "'train.learning_rate':" in best
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist-dense").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`tune.role` = 'parent'")
+    assert json.loads(parent.data.tags["best.params"])["train.epochs"] == 2
+
+
+def test_fixing_every_key_of_the_space_is_refused_in_one_line():
+    space = [Dimension("train.epochs", "int", 1, 3), Dimension("train.dropout", "float", 0, 0.5)]
+    with pytest.raises(PipelineError) as caught:
+        searched(space, {"train.epochs": 2, "train.dropout": 0.1})
+    assert str(caught.value) == (
+        "-S fixes every key of the search space (train.epochs, train.dropout); nothing left to "
+        "search"
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_trial_gets_the_parent_death_signal_from_a_prctl_resolved_before_the_fork(
+    monkeypatch,
+):
+    """Loading libc between fork and exec can deadlock a threaded worker (--jobs 2): the child
+    only calls the prctl the worker resolved at import. Here loading a library after the fork
+    fails, and the child still has SIGINT as its parent-death signal."""
+
+    def loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a library loaded between fork and exec")
+
+    monkeypatch.setattr(ctypes, "CDLL", loading)
+    ask = (
+        "import ctypes; s = ctypes.c_int(); "
+        "ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(s)); print(s.value)"  # PR_GET_PDEATHSIG
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", ask],
+        capture_output=True,
+        text=True,
+        preexec_fn=tune_command._die_with_parent,
+        check=True,
+    )
+    assert int(child.stdout) == signal.SIGINT
 
 
 def test_a_four_trial_study_on_two_jobs(searchable):
@@ -214,3 +299,67 @@ def test_two_workers_share_one_study_in_postgresql(searchable, postgres):
     assert done <= set(experiments(folder, env))
     runs = [r.info.run_name for r in children(folder, "shared") if "optuna.trial" in r.data.tags]
     assert sorted(runs) == sorted(names)
+
+
+@pytest.fixture
+def echoing_bin(tmp_path) -> Path:
+    """A stand-in for .venv/bin whose `python` prints the arguments a recipe gave it (as JSON)
+    instead of running a command; `python -c` (the Makefile's WITH_ARGS) is the real one."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "python").write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "if sys.argv[1] == '-c':\n"
+        "    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+        "print(json.dumps(sys.argv[1:]))\n"
+    )
+    (folder / "python").chmod(0o755)
+    return folder
+
+
+def make(echoing_bin: Path, *args: str) -> subprocess.CompletedProcess:
+    """`make args...` in the project with .venv/bin replaced (the venv is not remade), free of
+    any ARGS of a `make test ARGS=...` running this test (in the environment and MAKEFLAGS)."""
+    outer = ("ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    return subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", f"BIN={echoing_bin}", *args],
+        cwd=ROOT,
+        env={name: value for name, value in os.environ.items() if name not in outer},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_args_are_words_for_the_command_never_shell_code(echoing_bin, tmp_path):
+    """ARGS was pasted into the recipe's shell line: `;touch x` in it ran. Now each shell (or
+    make) metacharacter is a plain word, quotes still group words, and the command gets them
+    after its own arguments."""
+    marks = [tmp_path / f"ran-{n}" for n in range(5)]
+    args = (
+        f'-S train.epochs=2 --study "two words" ;touch {marks[0]} $(touch {marks[1]}) '
+        f"`touch {marks[2]}` $(shell touch {marks[3]}) | tee {marks[4]} *.md"
+    )
+    result = make(echoing_bin, "tune", f"ARGS={args}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        *("-m", "commands.tune", "-S", "train.epochs=2", "--study", "two words", ";touch"),
+        *(str(marks[0]), "$(touch", f"{marks[1]})", "`touch", f"{marks[2]}`", "$(shell"),
+        *("touch", f"{marks[3]})", "|", "tee", str(marks[4]), "*.md"),
+    ]
+    assert not any(mark.exists() for mark in marks)
+
+
+def test_make_registry_without_args_lists_and_with_args_passes_them(echoing_bin):
+    assert json.loads(make(echoing_bin, "registry").stdout) == ["-m", "commands.registry", "list"]
+    promote = make(echoing_bin, "registry", """ARGS=promote 3 --why "it's the best" """)
+    assert json.loads(promote.stdout) == [
+        *("-m", "commands.registry", "promote", "3", "--why", "it's the best")
+    ]
+
+
+def test_make_args_with_an_unclosed_quote_is_one_line(echoing_bin):
+    result = make(echoing_bin, "tune", "ARGS=--study 'unclosed")
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.splitlines()[0] == "error: ARGS: No closing quotation"
