@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -64,7 +65,10 @@ def predict_files(
 ) -> list[Prediction]:
     """One Prediction per file, in order: the digit and the top 3, or why there is none."""
     with model_file(model_source) as keras_path:
-        how = read_normalization(keras_path)
+        try:
+            how = read_normalization(keras_path)
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as error:
+            raise unusable_model(model_source, error) from None
         results, digits = [], []
         for path in files:
             try:
@@ -76,7 +80,10 @@ def predict_files(
             return results
         from mnist_dense.model import load_model, predict  # TensorFlow loads once there is work
 
-        model = load_model(keras_path)
+        try:
+            model = load_model(keras_path)
+        except Exception as error:  # Keras raises many kinds for a file it cannot rebuild
+            raise unusable_model(model_source, error) from None
     probabilities = predict(model, np.stack(digits).reshape(len(digits), -1))
     good = (r for r in results if r.error is None)
     for result, p in zip(good, probabilities, strict=True):
@@ -84,6 +91,15 @@ def predict_files(
         result.digit, result.probability = int(order[0]), float(p[order[0]])
         result.top3 = [{"digit": int(d), "probability": float(p[d])} for d in order]
     return results
+
+
+def unusable_model(source: str | Path, error: Exception) -> PipelineError:
+    """A model file that is not a Keras model (empty, truncated, another format): one line
+    naming it, before any image is predicted, rather than the reader's traceback."""
+    return PipelineError(
+        f"{source}: not a readable .keras model ({first_line(error)}); "
+        "train it again (`make run`) or pass another --model"
+    )
 
 
 @contextmanager
@@ -105,7 +121,8 @@ def model_file(source: str | Path) -> Iterator[Path]:
         try:
             path = keras_file(str(source), Path(folder))
         except Exception as error:  # MLflow raises several kinds for an unknown model or alias
-            raise PipelineError(f"{source}: not a model in {uri} ({first_line(error)})") from None
+            shown = store.masked(uri)  # a server's password never reaches the terminal
+            raise PipelineError(f"{source}: not a model in {shown} ({first_line(error)})") from None
         yield path
 
 

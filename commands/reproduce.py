@@ -184,7 +184,9 @@ def main() -> None:
     try:
         found = client.get_run(args.run_id)
     except MlflowException:
-        raise PipelineError(f"run {args.run_id}: not in the MLflow store {uri}") from None
+        raise PipelineError(
+            f"run {args.run_id}: not in the MLflow store {store.masked(uri)}"  # no password
+        ) from None
     record = Record.of(found)
     root = Path(provenance.git("rev-parse", "--show-toplevel") or ".").resolve()
     if provenance.git("cat-file", "-e", f"{record.commit}^{{commit}}", cwd=root) is None:

@@ -2,7 +2,7 @@
 
 Sources are tried in order: MNIST_MIRROR (a local folder or an https:// base URL) when
 set, then the public mirrors. A file moves into data/raw only once its checksum matches;
-there is never a fallback to other data.
+there is never a fallback to other data. No more than MAX_BYTES is read of any file.
 """
 
 import hashlib
@@ -22,6 +22,10 @@ PUBLIC_MIRRORS = (
 )
 TIMEOUT_S = 30
 ATTEMPTS = 3  # per remote source, with a growing pause between them
+# A source may send anything: no more than this is read of a file (the largest MNIST file,
+# train-images-idx3-ubyte.gz, is 9,912,422 bytes), so a wrong or hostile one cannot fill the
+# disk before its checksum refuses it.
+MAX_BYTES = 10 * 2**20
 
 
 def read_checksums(path: Path = CHECKSUMS) -> dict[str, str]:
@@ -58,6 +62,18 @@ class ChecksumError(OSError):
     """A file that arrived whole but is not the one pinned."""
 
 
+class OversizeError(ChecksumError):
+    """A file larger than any MNIST file: not the one pinned either, and not read further."""
+
+
+def _too_large(size: str) -> OversizeError:
+    """The one line for a source sending more than MAX_BYTES, `size` saying how it showed."""
+    return OversizeError(
+        f"over {MAX_BYTES:,} bytes ({size}), larger than any MNIST file; refused before its "
+        "checksum"
+    )
+
+
 def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
     """Fetch one file from one source into `staging`; raise if it fails or does not verify.
 
@@ -78,7 +94,14 @@ def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
                 urllib.request.urlopen(base + name, timeout=TIMEOUT_S) as response,
                 open(partial, "wb") as out,
             ):
+                announced = response.headers.get("Content-Length")
+                if announced and announced.isdigit() and int(announced) > MAX_BYTES:
+                    raise _too_large(f"{int(announced):,} announced")
+                size = 0
                 for block in iter(lambda: response.read(1 << 20), b""):
+                    size += len(block)
+                    if size > MAX_BYTES:
+                        raise _too_large(f"{size:,} read so far")
                     sha256.update(block)
                     out.write(block)
             if sha256.hexdigest() != digest:
@@ -87,6 +110,7 @@ def _fetch(name: str, digest: str, base: str, staging: Path) -> Path:
             partial.replace(target)
             return target
         except ChecksumError:
+            partial.unlink(missing_ok=True)
             raise
         except Exception:
             partial.unlink(missing_ok=True)

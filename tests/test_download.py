@@ -1,6 +1,7 @@
 import pytest
 
 from mnist_dense.cli import PipelineError
+from stages import download as download_stage
 from stages.download import PUBLIC_MIRRORS, download, read_checksums, sources
 from tests.conftest import sha256
 
@@ -67,3 +68,49 @@ def test_plain_http_mirror_is_refused():
 def test_pinned_checksums_match_the_real_mnist_files(tmp_path, real_mnist):
     download(tmp_path / "raw", read_checksums(), sources(str(real_mnist))[:1])
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(read_checksums())
+
+
+def test_a_file_larger_than_any_mnist_file_is_refused_before_its_checksum(tmp_path, monkeypatch):
+    """Even with the right checksum pinned: a file over the cap is not MNIST's."""
+    monkeypatch.setattr(download_stage, "MAX_BYTES", 1000)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "big.gz").write_bytes(b"x" * 1001)
+    (mirror / "fits.gz").write_bytes(b"x" * 1000)
+    fits = {"fits.gz": sha256(mirror / "fits.gz")}
+    download(tmp_path / "ok", fits, sources(str(mirror))[:1])  # at the cap: fetched
+    big = {"big.gz": sha256(mirror / "big.gz")}
+    with pytest.raises(PipelineError) as caught:
+        download(tmp_path / "raw", big, sources(str(mirror))[:1])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "big.gz: over 1,000 bytes (1,001 announced), larger than any MNIST file" in message
+    assert not (tmp_path / "raw").exists()
+
+
+class LongResponse:
+    """An https source that streams 64 MiB without a Content-Length."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.reads = 0
+
+    def read(self, size: int) -> bytes:
+        self.reads += 1
+        return b"x" * size if self.reads <= 64 * 2**20 // size else b""
+
+    def __enter__(self) -> "LongResponse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_a_stream_without_a_length_is_cut_at_the_cap(tmp_path, monkeypatch):
+    response = LongResponse()
+    monkeypatch.setattr(download_stage.urllib.request, "urlopen", lambda url, timeout: response)
+    with pytest.raises(PipelineError) as caught:
+        download(tmp_path / "raw", {"train.gz": "0" * 64}, ["https://example.org/mnist/"])
+    assert "over 10,485,760 bytes (" in str(caught.value)
+    assert response.reads == download_stage.MAX_BYTES // 2**20 + 1  # not one block more
+    assert list(tmp_path.iterdir()) == []

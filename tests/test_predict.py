@@ -1,8 +1,10 @@
 """Predicting digits from image files: MNIST-style preparation, the CLI, bad input."""
 
+import io
 import json
 import shutil
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -279,3 +281,90 @@ def test_the_cli_reads_a_digit_from_a_png(real_model, predict_cli):
     assert 0.5 < prediction["probability"] <= 1.0
     text = predict_cli("digit.png", cwd=real_model)
     assert text.out.startswith(f"digit.png: {labels[0]} (")
+
+
+def _truncated(model: Path) -> bytes:
+    return model.read_bytes()[: model.stat().st_size // 2]
+
+
+def _zip_of(members: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("model.keras", lambda model: b"", "File is not a zip file"),
+        ("model.keras", lambda model: b"not a model at all", "File is not a zip file"),
+        ("model.keras", _truncated, ""),
+        ("empty.npy", lambda model: b"", "File is not a zip file"),
+        ("array.npy", lambda model: _npy_bytes(np.zeros((0, 784))), "File is not a zip file"),
+        ("other.zip", lambda model: _zip_of({"notes.txt": "hi"}), "no item named 'metadata.json'"),
+        ("empty.keras", lambda model: _zip_of({"metadata.json": "{}"}), ""),  # Keras refuses it
+    ],
+    ids=["empty", "junk", "truncated", "empty-npy", "npy", "other-zip", "zip-without-model"],
+)
+def test_a_corrupt_or_foreign_model_file_is_one_line_and_writes_nothing(
+    tmp_path, untrained_model, predict_cli, name, content, why
+):
+    """Not a traceback: the file named, what it is not, exit 1, and no predictions table."""
+    model = tmp_path / name
+    model.write_bytes(content(untrained_model))
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    draw_seven(60, 0, 255, (100, 100), (20, 20)).save(folder / "seven.png")
+    result = predict_cli("scans", "--model", str(model), cwd=tmp_path)
+    assert result.code == 1
+    (line,) = result.errors()
+    assert line.startswith(f"error: {model}: not a readable .keras model (") and why in line
+    assert line.endswith("); train it again (`make run`) or pass another --model")
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("empty.npy", b"", "empty file"),
+        ("array.npy", _npy_bytes(np.zeros((0, 784))), "not an image (PNG/JPEG/BMP/GIF expected)"),
+    ],
+)
+def test_an_npy_given_as_an_image_is_one_line(
+    tmp_path, untrained_model, predict_cli, name, content, why
+):
+    (tmp_path / name).write_bytes(content)
+    result = predict_cli(name, "--model", str(untrained_model), cwd=tmp_path)
+    assert result.code == 1
+    assert result.errors() == [f"error: {name}: {why}"]
+    assert "Traceback" not in result.err
+
+
+def test_a_store_that_has_no_such_model_is_named_without_its_password(
+    tmp_path, predict_cli, monkeypatch
+):
+    """The team stack's store URI carries a password: the error shows it masked."""
+    from mnist_dense import served_model, store
+
+    def unknown(source: str, folder: Path) -> Path:
+        raise LookupError("Registered model alias champion not found.")
+
+    monkeypatch.setattr(store, "connect", lambda: "http://alice:s3cret@127.0.0.1:5002")
+    monkeypatch.setattr(served_model, "keras_file", unknown)
+    draw_seven(60, 0, 255, (100, 100), (20, 20)).save(tmp_path / "seven.png")
+    result = predict_cli("seven.png", "--model", "models:/mnist-dense@champion", cwd=tmp_path)
+    assert result.code == 1
+    assert "s3cret" not in result.err
+    assert result.errors() == [
+        "error: models:/mnist-dense@champion: not a model in http://alice:***@127.0.0.1:5002 "
+        "(Registered model alias champion not found.)"
+    ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 
 from commands import reproduce
 from tests.conftest import client_of, copy_of, python_module, sh
@@ -153,4 +154,26 @@ def test_a_commit_the_repository_lacks_is_one_line(recorded, call_main):
     assert result.err.strip().splitlines() == [
         f"error: run {run_id} was made at commit {'1' * 40}, which this repository does not "
         "hold (`git fetch` the branch it was made on)"
+    ]
+
+
+def test_an_unknown_run_names_a_store_with_a_password_masked(call_main, monkeypatch):
+    """The team stack's store URI carries a password: the one line shows it as ***."""
+
+    class NoRuns:
+        def __init__(self, uri: str) -> None:
+            self.uri = uri
+
+        def get_run(self, run_id: str) -> None:
+            raise MlflowException(f"Run '{run_id}' not found")
+
+    uri = "postgresql://alice:s3cret@127.0.0.1:5432/mlflow"
+    monkeypatch.setattr(reproduce.store, "connect", lambda: uri)
+    monkeypatch.setattr(reproduce, "MlflowClient", NoRuns)
+    result = call_main(reproduce.main, "f" * 32)
+    assert result.code == 1
+    assert "s3cret" not in result.err + result.out
+    assert result.err.strip().splitlines() == [
+        f"error: run {'f' * 32}: not in the MLflow store "
+        "postgresql://alice:***@127.0.0.1:5432/mlflow"
     ]
