@@ -31,7 +31,7 @@ EXP_HIDDEN := Created|test_loss|test_macro_f1|val_loss|mlflow_run_id|kernel_path
 .DEFAULT_GOAL := help
 .PHONY: help run test test-all test-emulated lint lock venv exp exps presets-table tune bench \
 	bench-tune emulated-cpus arm64-emulated plots vendor-plots predict real-use reproduce verify-repro sync-runs \
-	registry ui ui-screenshots mlflow-server team-up team-down team-env team-tools team-lock
+	registry serve ui ui-screenshots mlflow-server team-up team-down team-env team-tools team-lock
 
 help: ## this list
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} \
@@ -99,6 +99,9 @@ ui: $(STAMP) ## the MLflow UI on 127.0.0.1:5000; its first line opens the runs v
 
 ui-screenshots: $(STAMP) ## the MLflow UI photographed in headless Chromium (results/)
 	$(BIN)/python -m commands.ui_screenshots
+
+serve: $(STAMP) ## the champion over HTTP on 127.0.0.1:5001: its checked weights, our code
+	@$(WITH_ARGS) $(BIN)/python -m commands.serve
 
 mlflow-server: $(STAMP) ## a tracking server on 127.0.0.1:5002 (docs/tracking.md)
 	@$(WITH_ARGS) $(BIN)/python -m commands.ui --serve --port 5002

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from mnist_dense import store
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.registry import ALIAS, MODEL_NAME, champion, promote_by_hand
+from mnist_dense.served_model import UntrustedModel
 
 
 def listing(client: MlflowClient) -> list[str]:
@@ -57,6 +58,8 @@ def main() -> None:
         found = promote_by_hand(client, args.version, args.why)
     except MlflowException:
         raise PipelineError(f"{MODEL_NAME} has no version {args.version}") from None
+    except UntrustedModel as error:
+        raise PipelineError(f"not promoted: {error}") from None
     print(f"{MODEL_NAME} version {found.version} is now @{ALIAS}: {args.why}")
 
 

@@ -10,6 +10,7 @@ then the normalization the model was trained with (mnist_dense/normalize.py), if
 """
 
 import io
+import math
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,9 @@ from mnist_dense.shape import SIDE as FIELD
 
 FORMATS = ["PNG", "JPEG", "BMP", "GIF"]
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+# a larger image is reduced (box average, by a whole factor) before it becomes float: its digit
+# ends as 20x20 pixels anyway, and a 40-megapixel image as float32 takes 160 MB per copy
+MAX_SIDE = 2048
 MIN_CONTRAST = 0.1  # the ink must differ from the background by this much (of full scale)
 INK_THRESHOLD = 0.25  # share of the ink's strength that counts as part of the digit
 BOX = 20  # MNIST: digit scaled into a 20x20 box, centred in the 28x28 field
@@ -55,8 +59,13 @@ def decode_grayscale(
                     f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} "
                     "pixels; refused (a decompression bomb?)"
                 )
+            if image.format == "JPEG":  # JPEG decodes at 1/2, 1/4 or 1/8 of its size directly
+                image.draft(
+                    image.mode, (width // _factor(image.size), height // _factor(image.size))
+                )
             image.load()
-            return _grayscale(image)
+            sixteen_bit = image.mode.startswith("I;16")
+            return _grayscale(_reduced(image), sixteen_bit)
     except UnidentifiedImageError:
         raise DigitImageError(f"{name}: not an image ({'/'.join(FORMATS)} expected)") from None
     except Image.DecompressionBombError:  # Pillow's own guard, at twice its larger limit
@@ -67,8 +76,27 @@ def decode_grayscale(
         raise DigitImageError(f"{name}: unreadable image ({error})") from None
 
 
-def _grayscale(image: Image.Image) -> np.ndarray:
-    if image.mode.startswith("I;16"):
+def _factor(size: tuple[int, int]) -> int:
+    return math.ceil(max(size) / MAX_SIDE)
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    """The image with no side over MAX_SIDE, each pixel the mean of a block of them, in the
+    image's own integer mode (Image.reduce takes no palette, bilevel or 16-bit image)."""
+    factor = _factor(image.size)
+    if factor <= 1:
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    return image.reduce(factor)
+
+
+def _grayscale(image: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
+    if sixteen_bit:
         return np.asarray(image, dtype=np.float32) / 65535
     if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)

@@ -41,6 +41,11 @@ class Normalization(NamedTuple):
 AS_DRAWN = Normalization()  # none: the digit as drawn
 
 
+def scale(images: np.ndarray) -> np.ndarray:
+    """uint8 (n, 28, 28) -> float32 (n, 784) in [0, 1]: MNIST's pixels as every model reads them."""
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
 def normalize(images: np.ndarray, how: Normalization) -> np.ndarray:
     """(n, 784) float32 digits in [0, 1] -> the same, normalized as `how` says."""
     if how.deskew:

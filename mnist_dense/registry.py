@@ -13,15 +13,27 @@ promote it (`python -m commands.registry promote VERSION --why ...`). The test a
 recorded on every version but never chooses: choosing on it would make the test set a
 selection set.
 
+The rule checks rather than believes: anyone who can write to the store can tag a version, so
+before the alias moves, the candidate and the champion are both scored again on those
+validation digits from their weights (mnist_dense/validation_digits.py), the champion's weights
+fetched only after their sha256 matched the one evaluate recorded (served_model.weights_of).
+A champion whose weights cannot be fetched or checked cannot defend the title; a candidate
+that cannot be scored never takes it, so a `nan` is never compared. The alias moves first and
+the decision is tagged after, so an attempt cut off in between is decided again.
+
 The decision is made under a lock: a file lock beside a local store, and a check-and-retry on a
 remote one, so two queue workers evaluating at once keep both versions and one champion.
 """
 
 import getpass
+import math
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from filelock import FileLock
 from mlflow.entities.model_registry import ModelVersion
@@ -29,37 +41,61 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_dense.provenance import project_root
+from mnist_dense.served_model import UntrustedModel, weights_of
 from mnist_dense.store import is_local
 
 MODEL_NAME = "mnist-dense"
 ALIAS = "champion"
 SELECTION_TAG = "validation.digest"  # the validation data set a version was chosen on
 LOCK_TIMEOUT_S = 120
+Scorer = Callable[[Path], float]  # a .keras file -> its accuracy on the validation digits
 
 
 @dataclass
 class Standing:
-    """What the rule compares: a version's validation accuracy and the data it was measured on."""
+    """What the rule compares: a version's validation accuracy, measured from its weights
+    (nan when they could not be, with the reason in `problem`), and the data it names."""
 
     version: str
     val_accuracy: float
     validation: str
+    problem: str = ""
 
-    @classmethod
-    def of(cls, version: ModelVersion) -> "Standing":
-        return cls(
-            version.version, float(version.tags["val_accuracy"]), version.tags[SELECTION_TAG]
-        )
+
+def scored(
+    client: MlflowClient, version: ModelVersion, score: Scorer, weights: Path | None = None
+) -> Standing:
+    """The version's standing, from `weights` (a file at hand) or from its checked weights."""
+    validation = version.tags.get(SELECTION_TAG, "")
+    try:
+        if weights is not None:
+            return Standing(version.version, score(weights), validation)
+        with tempfile.TemporaryDirectory(prefix="mnist-champion-") as folder:
+            accuracy = score(weights_of(client, version, Path(folder)))
+        return Standing(version.version, accuracy, validation)
+    except (UntrustedModel, MlflowException, OSError, ValueError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return Standing(version.version, math.nan, validation, problem)
 
 
 def decide(challenger: Standing, champion: Standing | None) -> tuple[bool, str]:
     """Whether `challenger` takes the alias from `champion`, and why (recorded on the version)."""
+    if math.isnan(challenger.val_accuracy):
+        return (
+            False,
+            f"not compared: its validation accuracy could not be measured ({challenger.problem})",
+        )
     if champion is None:
         return True, "promoted: the first version"
     if challenger.validation != champion.validation:
         return False, (
             f"not compared with champion version {champion.version}: validated on other data "
             f"({challenger.validation} against {champion.validation}); promote by hand if wanted"
+        )
+    if math.isnan(champion.val_accuracy):
+        return True, (
+            f"promoted: champion version {champion.version} could not be scored from its "
+            f"weights ({champion.problem})"
         )
     if challenger.val_accuracy > champion.val_accuracy:
         return True, (
@@ -99,42 +135,68 @@ def register(
 
 
 def register_and_gate(
-    client: MlflowClient, run_id: str, model_id: str, tags: dict[str, str]
+    client: MlflowClient,
+    run_id: str,
+    model_id: str,
+    tags: dict[str, str],
+    weights: Path,
+    score: Scorer,
 ) -> str:
-    """Register the run's model and apply the rule (once: a version decided before keeps its
-    decision); returns the decision as recorded."""
+    """Register the run's model (its .keras file: `weights`) and apply the rule, scoring with
+    `score` (once: a version decided before keeps its decision); the decision as recorded."""
     version = register(client, run_id, model_id, tags)
     if "champion.decision" in version.tags:
         return version.tags["champion.decision"]
+    challenger = scored(client, version, score, weights)
     why = ""
     with _decision_lock(client):
         for _ in range(5):  # a remote store has no lock: re-check what another worker did
             incumbent = champion(client)
             if incumbent is not None and incumbent.version == version.version:
+                why = why or "promoted (the alias had moved before the decision was recorded)"
                 break
-            promote, why = decide(Standing.of(version), incumbent and Standing.of(incumbent))
-            client.set_model_version_tag(MODEL_NAME, version.version, "champion.decision", why)
+            defender = incumbent and scored(client, incumbent, score)
+            promote, why = decide(challenger, defender)
             if not promote:
                 break
             client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
             if is_local(client.tracking_uri):
                 break
             time.sleep(1.0)
+        client.set_model_version_tag(MODEL_NAME, version.version, "champion.decision", why)
     return why
 
 
 def promote_by_hand(client: MlflowClient, version: str, why: str) -> ModelVersion:
-    """Move the alias to `version` because a person says so; record who and why."""
+    """Move the alias to `version` because a person says so, once its weights are checked
+    against their record (UntrustedModel otherwise); record who and why."""
     found = client.get_model_version(MODEL_NAME, version)
+    with tempfile.TemporaryDirectory(prefix="mnist-promote-") as folder:
+        weights_of(client, found, Path(folder))
     with _decision_lock(client):
         client.set_registered_model_alias(MODEL_NAME, ALIAS, found.version)
-    who = os.environ.get("USER") or getpass.getuser()
+    who = promoter(client.tracking_uri)
     client.set_model_version_tag(MODEL_NAME, found.version, "promoted.by", who)
     client.set_model_version_tag(MODEL_NAME, found.version, "promoted.why", why)
     client.set_model_version_tag(
         MODEL_NAME, found.version, "champion.decision", f"promoted by hand by {who}: {why}"
     )
     return found
+
+
+def promoter(uri: str) -> str:
+    """Who moves the alias: on a tracking server, the user it authenticated (the request that
+    moved the alias carried that user's password); on a local store, the account running this
+    process, from its user id ($USER is whatever the caller sets)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user and not is_local(uri):
+        return user
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return getpass.getuser()
 
 
 def _decision_lock(client: MlflowClient) -> FileLock:

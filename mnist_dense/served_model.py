@@ -9,22 +9,31 @@ Each row gets `digit`, its `probability`, all ten `probabilities`, `model`: whic
 answered (its MLflow run and the md5 of its .keras file), and `error`: null, or why that row
 could not be read (a bad image fails its own row, not the batch).
 
-It is logged as "models from code" (mnist_dense/model_code.py): loading it runs that file and
-loads the .keras weights in Keras' safe mode; nothing is unpickled.
+It is logged as "models from code" (mnist_dense/model_code.py), with no code bundled: what a
+registered version holds that matters is its .keras weights, whose sha256 evaluate records on the
+version (`model.sha256`). The project never runs code from the store: `make serve` and
+`make predict` fetch only the weights, refuse them when their sha256 differs from that record,
+and load them in Keras' safe mode into this installation's own code (`weights_of`); nothing is
+unpickled.
 """
 
 import base64
 import binascii
 import hashlib
 import io
+import re
 import tempfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from mnist_dense.digit_image import MAX_PIXELS, DigitImageError, digit_from_bytes
@@ -32,7 +41,10 @@ from mnist_dense.normalize import AS_DRAWN, Normalization, normalize, read_norma
 from mnist_dense.shape import PIXELS, SIDE
 
 MAX_IMAGE_CHARACTERS = 8 * 2**20  # base64 of a 6 MiB file: far more than a photo of one digit
+MAX_ROWS = 1_000  # digits per request: a page of a form, not a data set (use make predict)
 KERAS_ARTIFACT = "keras_model"
+WEIGHTS_TAG = "model.sha256"  # on each version: the sha256 of the .keras file evaluate scored
+REGISTERED = re.compile(r"models:/(?P<name>[\w.-]+)(?:@(?P<alias>[\w-]+)|/(?P<number>\d+))/?")
 KERNELS_ARTIFACT = "kernels"  # a file naming the kernel path (train.kernels) it computes on
 RUN_ARTIFACT = "run"  # a file naming the MLflow run that made the model
 SIGNATURE = ModelSignature(
@@ -75,6 +87,12 @@ class DigitReader(PythonModel):
     def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None):
         from mnist_dense.model import predict
 
+        if len(model_input) > MAX_ROWS:
+            raise MlflowException(
+                f"{len(model_input):,} rows in one request, over the limit of {MAX_ROWS:,}; "
+                "send them in smaller batches",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         digits, errors = read_rows(model_input, self.normalization)
         rows = [
             {"digit": None, "probability": None, "probabilities": None, "model": self.name}
@@ -126,8 +144,10 @@ def _row_pixels(row: dict, name: str, how: Normalization) -> np.ndarray:
             raise DigitImageError(f"{name}: image is not base64 of an image file") from None
         return digit_from_bytes(data, name, MAX_PIXELS, how).reshape(PIXELS)
     if _present(pixels):
+        if np.size(pixels) != PIXELS:  # counted before any conversion: a long list stays a list
+            raise DigitImageError(f"{name}: pixels must be {PIXELS} values in [0, 1]")
         values = np.asarray(pixels, dtype=np.float32).reshape(-1)
-        if values.size != PIXELS or not np.all((values >= 0) & (values <= 1)):
+        if not np.all((values >= 0) & (values <= 1)):
             raise DigitImageError(f"{name}: pixels must be {PIXELS} values in [0, 1]")
         return normalize(values[None], how)[0]
     raise DigitImageError(f"{name}: neither image nor pixels given")
@@ -166,7 +186,6 @@ def log_served_model(
                 KERNELS_ARTIFACT: str(mode_file),
                 RUN_ARTIFACT: str(run_file),
             },
-            code_paths=[str(package)],
             signature=SIGNATURE,
             input_example=pd.DataFrame({"image": [example_image(example)]}),
             pip_requirements=[
@@ -185,9 +204,61 @@ def _version(distribution: str) -> str:
     return version(distribution)
 
 
+class UntrustedModel(Exception):
+    """A registered version whose weights cannot be checked, or do not match their record."""
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def registered_version(client: MlflowClient, model_uri: str) -> ModelVersion | None:
+    """The version a `models:/name@alias` or `models:/name/N` URI names (None: another URI)."""
+    match = REGISTERED.fullmatch(model_uri)
+    if match is None or match["name"].startswith("m-"):  # models:/m-...: a logged model's id
+        return None
+    if match["alias"]:
+        return client.get_model_version_by_alias(match["name"], match["alias"])
+    return client.get_model_version(match["name"], match["number"])
+
+
+def weights_of(client: MlflowClient, version: ModelVersion, dest: Path) -> Path:
+    """The version's .keras file alone, downloaded into the folder `dest`, after its sha256
+    matched the one evaluate recorded on the version; nothing else of the model is fetched."""
+    name = f"{version.name} version {version.version}"
+    expected = version.tags.get(WEIGHTS_TAG)
+    if not expected:
+        raise UntrustedModel(
+            f"{name} has no {WEIGHTS_TAG} tag, so its weights cannot be checked; register it "
+            "again by re-running evaluate (`dvc repro -f evaluate`)"
+        )
+    model_id = version.model_id or str(version.source).removeprefix("models:/")
+    location = client.get_logged_model(model_id).artifact_location
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{location.rstrip('/')}/artifacts/model.keras",
+        dst_path=str(dest),
+        tracking_uri=client.tracking_uri,
+    )
+    actual = sha256_of(Path(local))
+    if actual != expected:
+        raise UntrustedModel(
+            f"{name}: its model.keras has sha256 {actual[:16]}..., not the {expected[:16]}... "
+            "evaluate recorded; refused (the store's copy was replaced)"
+        )
+    return Path(local)
+
+
 def keras_file(model_uri: str, dest: Path) -> Path:
-    """The .keras file inside a logged or registered served model (`models:/name@alias`,
-    `runs:/id/model`, ...), downloaded into the folder `dest` (the caller's to remove)."""
+    """The .keras file of a model URI, downloaded into the folder `dest` (the caller's to
+    remove): a registered version's checked weights (`weights_of`), or the .keras file inside
+    another logged model (`runs:/id/model`, ...). No code of the model is run."""
+    client = MlflowClient()
+    try:
+        version = registered_version(client, model_uri)
+    except MlflowException as error:
+        raise FileNotFoundError(f"{model_uri}: {error.message}") from None
+    if version is not None:
+        return weights_of(client, version, dest)
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest))
     found = sorted(Path(local).rglob("*.keras"))
     if not found:

@@ -19,7 +19,7 @@ from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import save_arrays
 from mnist_dense.glyphs import cross_sevens
 from mnist_dense.idx import read_idx
-from mnist_dense.normalize import normalize
+from mnist_dense.normalize import normalize, scale
 from mnist_dense.params import PreprocessParams, load_params
 from mnist_dense.paths import PROCESSED_DIR, RAW_DIR, VAL_INDEX
 from mnist_dense.shape import CLASSES, SIDE
@@ -57,11 +57,6 @@ def split_indices(labels: np.ndarray, params: PreprocessParams) -> tuple[np.ndar
         )
     except ValueError as error:  # too few images of a class to stratify
         raise PipelineError(f"preprocess.val_fraction={params.val_fraction}: {error}") from None
-
-
-def scale(images: np.ndarray) -> np.ndarray:
-    """uint8 (n, 28, 28) -> float32 (n, 784) in [0, 1]."""
-    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
 
 
 def preprocess(params: PreprocessParams) -> dict[str, np.ndarray]:

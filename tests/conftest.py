@@ -92,7 +92,7 @@ HEAVY_FIXTURES = {
     "run_command": "slow",  # a command as its own process
     "postgres": "services",  # a real PostgreSQL cluster
     "mlflow_server": "services",  # a real `mlflow server`
-    "model_server": "services",  # `mlflow models serve`
+    "model_server": "services",  # the project's model server (commands/serve.py)
     "started_stack": "services",  # make team-up: PostgreSQL + SeaweedFS + mlflow server
     "stack": "services",  # the same, up for the test
     "chromium": "browser",  # headless Chromium through chromedriver
@@ -188,6 +188,23 @@ def workdir(tmp_path, monkeypatch, tiny_mirror) -> Path:
         if variable.startswith(("MLFLOW_", "DVC_")):
             monkeypatch.delenv(variable)
     return tmp_path
+
+
+@pytest.fixture
+def trained(workdir):
+    """A training logged to the working folder's own SQLite store; its run id and a client."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist_dense.params import load_params
+    from mnist_dense.paths import RUN_INFO
+    from stages import preprocess, train
+
+    write_params(workdir, tracking={"enabled": True})
+    preprocess.preprocess(load_params().preprocess)
+    train.train(load_params())
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    with tracking_store(uri):
+        yield json.loads(RUN_INFO.read_text())["mlflow_run_id"], MlflowClient(uri)
 
 
 # Running commands ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Real servers for the tests, as fixtures, each on 127.0.0.1, a free port and a folder of its
 own, stopped even when a test fails: a throwaway PostgreSQL cluster (password authentication),
-`mlflow server`, `mlflow models serve`, headless Chromium. tests/conftest.py imports the
-fixtures (and marks the tests that use them); the process handling is the library's
-(tooling/), as the team stack's.
+`mlflow server`, the project's model server (commands/serve.py), headless Chromium.
+tests/conftest.py imports the fixtures (and marks the tests that use them); the process
+handling is the library's (tooling/), as the team stack's.
 """
 
 import itertools
@@ -130,10 +130,10 @@ def mlflow_server(tmp_path) -> Iterator[MlflowServer]:
 
 @contextmanager
 def serve(model_uri: str, project: Path, env: dict) -> Iterator[str]:
-    """`mlflow models serve` on a free port of 127.0.0.1, the project's store; its URL."""
+    """The project's model server (`python -m commands.serve`) on a free port of 127.0.0.1,
+    the project's store; its URL."""
     port = free_port()
-    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager"]
-    command += ["local", "-h", "127.0.0.1", "-p", str(port)]
+    command = [sys.executable, "-m", "commands.serve", "--model", model_uri, "--port", str(port)]
     process = subprocess.Popen(
         command,
         cwd=project,
@@ -146,7 +146,7 @@ def serve(model_uri: str, project: Path, env: dict) -> Iterator[str]:
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
-            assert process.poll() is None, "mlflow models serve exited"
+            assert process.poll() is None, "the model server exited"
             try:
                 urllib.request.urlopen(f"{url}/ping", timeout=2)
                 break

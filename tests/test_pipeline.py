@@ -147,13 +147,15 @@ def keras_version() -> str:
 
 
 def test_the_logged_model_is_served_over_http(project, model_server):
-    """`mlflow models serve` on the run's model answers for pixel rows and for image files."""
+    """The project's model server on the run's registered version answers for pixel rows and
+    for image files."""
     project, env = project
     run = workspace_run(project)
     x_test = np.load(project / "data" / "processed" / "x_test.npy", allow_pickle=False)[:2]
     y_test = np.load(project / "data" / "processed" / "y_test.npy", allow_pickle=False)[:2]
     local = load_model(project / "models" / "model.keras").predict(x_test, verbose=0)
-    url = model_server(f"runs:/{run.info.run_id}/model", project, env)
+    (version,) = [v for v in versions(client_of(project)).values() if v.run_id == run.info.run_id]
+    url = model_server(f"models:/{MODEL_NAME}/{version.version}", project, env)
     rows = post(url, {"dataframe_records": [{"pixels": x.tolist()} for x in x_test]})
     images = post(url, {"dataframe_records": [{"image": example_image(x)} for x in x_test]})
     served = np.array([row["probabilities"] for row in rows["predictions"]])
@@ -260,7 +262,7 @@ def test_verify_repro_flags_a_difference_and_names_its_likely_reason():
 def test_interrupted_repro_leaves_no_partial_output_and_the_next_repro_recovers(project):
     project, env = project
     before = dvc_lock_outputs(project / "dvc.lock")
-    write_params(project, tracking={"enabled": True}, train={"epochs": 10**5})
+    write_params(project, tracking={"enabled": True}, train={"epochs": 1000})
     process = subprocess.Popen(
         [DVC, "repro"],
         cwd=project,

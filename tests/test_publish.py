@@ -3,31 +3,19 @@ test metrics on it, registered once however often it is sent, and kept for `make
 when the store does not take it."""
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
-import pytest
 from mlflow.tracking import MlflowClient
 
 from commands import sync_runs
 from mnist_dense import publish
 from mnist_dense.params import load_params
-from mnist_dense.paths import MODEL, RUN_INFO, TEST_METRICS
+from mnist_dense.paths import MODEL, TEST_METRICS
 from mnist_dense.registry import MODEL_NAME
-from mnist_dense.run_log import pending_root
-from stages import evaluate, preprocess, train
-from tests.conftest import tracking_store, write_params
-
-
-@pytest.fixture
-def trained(workdir):
-    """A training logged to the working folder's own SQLite store; its run id and a client."""
-    write_params(workdir, tracking={"enabled": True})
-    preprocess.preprocess(load_params().preprocess)
-    train.train(load_params())
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    with tracking_store(uri):
-        yield json.loads(RUN_INFO.read_text())["mlflow_run_id"], MlflowClient(uri)
+from mnist_dense.run_log import RECORDS, pending_busy, pending_root
+from stages import evaluate
 
 
 def models_and_versions(client: MlflowClient, run_id: str) -> tuple[list, list]:
@@ -90,8 +78,10 @@ def test_a_store_that_refuses_the_model_keeps_it_for_sync_runs(
     assert f"did not take the model of run {run_id} (Connection refused); kept in" in warning
     assert warning.rstrip().endswith("run `make sync-runs` when it is back")
     (kept,) = pending_root().iterdir()
-    (record,) = json.loads((kept / "records.json").read_text())["records"]
+    saved = json.loads((kept / RECORDS).read_text())
+    (record,) = saved["records"]
     assert record["kind"] == "publish" and (kept / "files" / publish.MODEL_KEY).is_file()
+    assert pending_busy(kept) is None  # given up on: sync-runs may send it now
     assert models_and_versions(client, run_id) == ([], [])
 
     monkeypatch.setattr(publish, "send", real_send)
@@ -101,4 +91,28 @@ def test_a_store_that_refuses_the_model_keeps_it_for_sync_runs(
     assert "registry: promoted: the first version" in result.out
     models, versions = models_and_versions(client, run_id)
     assert len(models) == 1 and len(versions) == 1
+    assert list(pending_root().iterdir()) == []
+
+
+def test_the_model_is_on_disk_before_it_is_sent_and_gone_once_the_store_took_it(
+    tmp_path, monkeypatch
+):
+    """A kill while publishing (minutes on a slow store) must not lose the model: it is kept
+    for `make sync-runs` first, which leaves it alone while this process still runs."""
+    monkeypatch.chdir(tmp_path)
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"the model")
+    seen = []
+
+    def sending(client, run_id, record, files):
+        (kept,) = pending_root().iterdir()
+        saved = json.loads((kept / RECORDS).read_text())
+        seen.append(saved)
+        assert (kept / "files" / publish.MODEL_KEY).read_bytes() == b"the model"
+        assert pending_busy(kept) == f"process {os.getpid()} is still writing it"
+
+    monkeypatch.setattr(publish, "send", sending)
+    publish.publish("http://127.0.0.1:9", "0" * 32, keras_file, publish_record())
+    ((record,),) = [saved["records"] for saved in seen]
+    assert record["kind"] == "publish" and record["key"] == publish.MODEL_KEY
     assert list(pending_root().iterdir()) == []
