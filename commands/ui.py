@@ -10,9 +10,16 @@ address of experiment `mnist-dense` (MLFLOW_EXPERIMENT_NAME) in the runs view; M
 opens on its GenAI view otherwise. Where a desktop browser exists the address is opened in it.
 Then `mlflow ui` or `mlflow server` takes over the process, on 127.0.0.1 unless --host says
 otherwise.
+
+Neither asks who you are: whoever reaches the port may write runs and move the `champion`
+alias, whose version the served model runs. So the tracking server (--serve) listens on a
+loopback address only (127.0.0.1, ::1, localhost); a server others share is the team stack's,
+which asks for credentials (make team-up, docs/team.md). The UI takes another --host only with
+--public-because "why", a reason said out loud rather than a flag typed by habit.
 """
 
 import argparse
+import ipaddress
 import os
 import sys
 import webbrowser
@@ -30,12 +37,45 @@ def has_desktop() -> bool:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only: localhost, or an address in 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_host(host: str, serve: bool, public_because: str | None) -> None:
+    """Refuse a host other machines could reach, before anything starts (one line)."""
+    if is_loopback(host):
+        return
+    if serve:
+        raise PipelineError(
+            f"--host {host}: `make mlflow-server` asks no one for credentials, so it listens on "
+            "127.0.0.1, ::1 or localhost only; for a server others use, run the team stack "
+            "(make team-up, docs/team.md)"
+        )
+    if not (public_because or "").strip():
+        raise PipelineError(
+            f"--host {host}: the UI asks no one for credentials and anyone who reaches it can "
+            'move the champion; say why it must be reachable with --public-because "..." '
+            "(or use the team stack: make team-up, docs/team.md)"
+        )
+    print(f"warning: the UI on {host}, unauthenticated, because: {public_because}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m commands.ui", description=__doc__)
     parser.add_argument("--serve", action="store_true", help="a tracking server, not the UI only")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument(
+        "--public-because", metavar="WHY", help="the UI only: why a non-loopback --host"
+    )
     args = parser.parse_args()
+    check_host(args.host, args.serve, args.public_because)
     # From the environment, never the command line, where any user could read a password.
     backend = os.environ.get("MLFLOW_BACKEND_STORE_URI") or store.tracking_uri()
     if backend.startswith(("http://", "https://")):

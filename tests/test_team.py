@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mnist_dense.cli import PipelineError
 from mnist_dense.provenance import file_md5
 from mnist_dense.registry import ALIAS, MODEL_NAME
 from tests.conftest import (
@@ -48,7 +50,7 @@ from tests.conftest import (
     write_params,
 )
 from tests.servers import gaps, train_with_outage
-from tooling import postgres
+from tooling import postgres, team_people
 from tooling.postgres import Postgres
 from tooling.processes import ServiceError, command_line, free_port, port_free, start_time
 from tooling.synthetic_mnist import write_mnist
@@ -122,6 +124,23 @@ def test_an_initdb_that_fails_leaves_no_password_file_behind():
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("ana release\nben owner\n", r"line 2: expected `<name> release\|member`, got 'ben owner'"),
+        ("admin release\n", "line 1: 'admin' is not a name for a person"),
+        ("../ana release\n", "line 1: '../ana' is not a name for a person"),
+        ("ana release\nana member\n", "line 2: ana is listed twice"),
+        ("# nobody yet\n", "lists no one"),
+    ],
+)
+def test_a_mistake_in_the_list_of_people_is_one_line_naming_it(tmp_path, text, error):
+    listed = tmp_path / "people"
+    listed.write_text(text)
+    with pytest.raises(PipelineError, match=error):
+        team_people.parse(text, listed)
+
+
 @contextmanager
 def as_user(username: str, password: str) -> Iterator[None]:
     """MLflow clients in this process authenticate as `username` for the block."""
@@ -136,6 +155,12 @@ def as_user(username: str, password: str) -> Iterator[None]:
 
 
 Stack = tuple[Path, dict, dict, str]
+RELEASE, MEMBER = "rel-ana", "mem-ben"  # the module stack's people (team_people)
+
+
+def passwords(home: Path) -> dict[str, str]:
+    """{person: password} from the stack's password files."""
+    return {path.name: path.read_text().strip() for path in (home / "passwords").iterdir()}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +175,10 @@ def started_stack(built_project, tmp_path_factory) -> Iterator[Stack]:
     source, env = built_project
     folder = copy_of(source, tmp_path_factory.mktemp("team") / "project")
     home = Path(tempfile.mkdtemp(prefix="team-"))  # PostgreSQL's user can enter it
+    people = tmp_path_factory.mktemp("people") / "people"  # as a team commits it
+    people.write_text(f"# the module's team\n{RELEASE} release\n{MEMBER}  member  # a comment\n")
     env = env | {"MNIST_TEAM_HOME": str(home), "MNIST_TEAM_TOOLS": str(TOOLS)}
+    env |= {"MNIST_TEAM_PEOPLE": str(people), "MNIST_TEAM_USER": RELEASE}  # the pipeline's
     started = team("up", env=env, cwd=folder)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -159,8 +187,8 @@ def started_stack(built_project, tmp_path_factory) -> Iterator[Stack]:
             key, value = line.removeprefix("export ").split("=", 1)
             env[key] = value.strip("'")
         settings = json.loads((home / "stack.json").read_text())
-        # this process's own MLflow clients talk to the stack as its team user, too
-        with as_user("team", settings["mlflow_team_password"]):
+        # this process's own MLflow clients talk to the stack as the release person, too
+        with as_user(RELEASE, passwords(home)[RELEASE]):
             yield folder, env, settings, started.stdout
     finally:
         team("down", env=env, cwd=folder)
@@ -221,7 +249,7 @@ def test_team_up_prints_one_line_per_server_and_is_idempotent(stack):
 
 
 SECRETS = ("postgres_password", "s3_secret_key", "weed_jwt_key", "weed_filer_jwt_key")
-SECRETS += ("mlflow_admin_password", "mlflow_team_password", "mlflow_secret_key")
+SECRETS += ("mlflow_admin_password", "mlflow_secret_key")
 
 
 def command_lines() -> list[str]:
@@ -239,7 +267,8 @@ def test_no_secret_of_the_stack_is_on_any_command_line(stack):
     lines = command_lines()
     assert any("weed" in line and home in line for line in lines)  # the stack is running
     assert any("mlflow" in line and "basic-auth" in line for line in lines)
-    leaking = [line for line in lines if any(settings[name] in line for name in SECRETS)]
+    secrets = [settings[name] for name in SECRETS] + list(passwords(Path(home)).values())
+    leaking = [line for line in lines if any(secret in line for secret in secrets)]
     assert leaking == []
 
 
@@ -271,22 +300,24 @@ def test_every_file_of_the_stack_is_its_owners_alone(stack):
 
 
 def test_the_tracking_server_refuses_whoever_does_not_say_who_they_are(stack):
-    _, env, settings, _ = stack
+    _, env, _, _ = stack
     url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)
     assert refused.value.code == 401
-    token = base64.b64encode(f"team:{settings['mlflow_team_password']}".encode()).decode()
-    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
-    with urllib.request.urlopen(request, timeout=10) as answered:
-        assert answered.status == 200
+    for person, password in passwords(Path(env["MNIST_TEAM_HOME"])).items():
+        token = base64.b64encode(f"{person}:{password}".encode()).decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answered:
+            assert answered.status == 200
 
 
 def test_a_user_without_the_permission_cannot_move_the_champion(stack):
     _, env, settings, _ = stack
     uri = env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
-    with as_user("team", settings["mlflow_team_password"]):
+    release = passwords(Path(env["MNIST_TEAM_HOME"]))[RELEASE]
+    with as_user(RELEASE, release):
         run = client.create_run(client.get_experiment_by_name("e2e").experiment_id)
         client.create_registered_model("permission-check")
         first = client.create_model_version("permission-check", "s3://x/1", run.info.run_id)
@@ -300,9 +331,94 @@ def test_a_user_without_the_permission_cannot_move_the_champion(stack):
         assert client.get_registered_model("permission-check").name  # reading: allowed
         with pytest.raises(MlflowException, match="403"):
             client.set_registered_model_alias("permission-check", "champion", second.version)
-    with as_user("team", settings["mlflow_team_password"]):
+    with as_user(RELEASE, release):
         champion = client.get_model_version_by_alias("permission-check", "champion")
     assert champion.version == first.version
+
+
+def test_each_person_has_an_account_and_a_password_file_of_their_own(stack):
+    """No shared account: team-up makes one per person of the list, each password in its own
+    0600 file, and team-env speaks as the person MNIST_TEAM_USER names."""
+    folder, env, settings, _ = stack
+    home = Path(env["MNIST_TEAM_HOME"])
+    secret = passwords(home)
+    assert sorted(secret) == sorted([RELEASE, MEMBER]) and len(set(secret.values())) == 2
+    for path in (home / "passwords").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert (home / "passwords").stat().st_mode & 0o777 == 0o700
+    exported = team("env", env=env | {"MNIST_TEAM_USER": MEMBER}, cwd=folder).stdout
+    assert f"export MLFLOW_TRACKING_USERNAME='{MEMBER}'" in exported.splitlines()
+    assert f"export MLFLOW_TRACKING_PASSWORD='{secret[MEMBER]}'" in exported.splitlines()
+    stranger = team("env", env=env | {"MNIST_TEAM_USER": "team"}, cwd=folder)
+    assert stranger.returncode == 1 and "not on the team's list" in stranger.stderr
+    with as_user("admin", settings["mlflow_admin_password"]):
+        from mlflow.server.auth.client import AuthServiceClient
+
+        auth = AuthServiceClient(env["MLFLOW_TRACKING_URI"])
+        with pytest.raises(MlflowException, match=r"not found|RESOURCE_DOES_NOT_EXIST"):
+            auth.get_user("team")  # the shared account of before is not made
+        for person, permission in ((RELEASE, "MANAGE"), (MEMBER, "EDIT")):
+            granted = auth.get_user_permission(person, "registered_model", MODEL_NAME)
+            assert granted.permission == permission, person
+
+
+def test_a_person_taken_off_the_list_loses_their_account_at_the_next_team_up(stack):
+    folder, env, _, _ = stack
+    people = Path(env["MNIST_TEAM_PEOPLE"])
+    listed = people.read_text()
+    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+    member = passwords(Path(env["MNIST_TEAM_HOME"]))[MEMBER]
+    token = base64.b64encode(f"{MEMBER}:{member}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    try:
+        people.write_text(f"{RELEASE} release\n")
+        assert team("up", env=env, cwd=folder).returncode == 0
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+    finally:
+        people.write_text(listed)
+        assert team("up", env=env, cwd=folder).returncode == 0
+    with urllib.request.urlopen(request, timeout=10) as answered:  # back, same password file
+        assert answered.status == 200
+
+
+def test_only_the_release_role_moves_the_champion_though_members_register(stack, logged_run):
+    """A member logs runs and registers versions (evaluate's work) but is refused (403)
+    moving `champion`, deleting it or renaming the model; the release person moves it."""
+    _, env, settings, _ = stack
+    secret = passwords(Path(env["MNIST_TEAM_HOME"]))
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+    candidate = None
+    try:
+        with as_user(MEMBER, secret[MEMBER]):
+            run = client.create_run(client.get_experiment_by_name("e2e").experiment_id)
+            client.log_metric(run.info.run_id, "val_accuracy", 1.0)
+            candidate = client.create_model_version(MODEL_NAME, "s3://nowhere/1", run.info.run_id)
+            moves = {
+                "set": lambda: client.set_registered_model_alias(
+                    MODEL_NAME, ALIAS, candidate.version
+                ),
+                "delete": lambda: client.delete_registered_model_alias(MODEL_NAME, ALIAS),
+                "rename": lambda: client.rename_registered_model(MODEL_NAME, "elsewhere"),
+            }
+            for name, move in moves.items():
+                with pytest.raises(MlflowException, match="403") as refused:
+                    move()
+                assert "not in the release role" in str(refused.value), name
+            assert client.get_model_version_by_alias(MODEL_NAME, ALIAS).version == (
+                champion.version
+            )
+        with as_user(RELEASE, secret[RELEASE]):
+            client.set_registered_model_alias(MODEL_NAME, ALIAS, candidate.version)
+            moved = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+        assert moved.version == candidate.version
+    finally:  # the champion as it was, the member's version gone
+        with as_user("admin", settings["mlflow_admin_password"]):
+            client.set_registered_model_alias(MODEL_NAME, ALIAS, champion.version)
+            if candidate is not None:
+                client.delete_model_version(MODEL_NAME, candidate.version)
 
 
 def test_the_teams_database_writes_to_disk_fsync_on(stack):
@@ -344,6 +460,63 @@ def test_the_object_stores_own_servers_refuse_requests_without_its_keys(stack):
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['master']}/dir/assign") as assigned:
         slot = json.load(assigned)
     assert status_of("POST", f"http://{slot['url']}/{slot['fid']}", b"planted") == 401
+
+
+# A client's opening of an HTTP/2 connection (gRPC's transport): the preface and an empty
+# SETTINGS frame. A gRPC server that takes the caller answers with its own SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def grpc_answer(port: int, ca: Path | None = None, cert: Path | None = None) -> bytes | str:
+    """The first bytes 127.0.0.1:`port` answers an HTTP/2 opening with: in plain TCP (no
+    `ca`), else over TLS trusting `ca`, presenting `cert` (and its key beside) when given;
+    the TLS error's text when the server refuses."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        if ca is None:
+            raw.sendall(HTTP2_PREFACE)
+            return raw.recv(64)
+        context = ssl.create_default_context(cafile=str(ca))
+        context.check_hostname = False  # SeaweedFS checks no host names, only the CA
+        context.set_alpn_protocols(["h2"])
+        if cert is not None:
+            context.load_cert_chain(cert, cert.with_suffix(".key"))
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(HTTP2_PREFACE)
+            return tls.recv(64)
+    except ssl.SSLError as error:
+        return str(error)
+    finally:
+        raw.close()
+
+
+def test_seaweedfs_grpc_refuses_a_client_without_the_stacks_certificate(stack, tmp_path):
+    """SeaweedFS's gRPC (master, volume, filer, S3) authenticates callers only by mutual TLS;
+    without it any local process listed, read and deleted every object (issue 33: `weed shell`
+    from a folder without security.toml listed the buckets). Now each port closes a plain
+    connection, refuses TLS without the stack's certificate, and answers with it."""
+    _, env, settings, _ = stack
+    home, ports = Path(env["MNIST_TEAM_HOME"]), settings["ports"]
+    ca, cert = home / "tls" / "ca.crt", home / "tls" / "weed.crt"
+    for name in ("master", "volume", "filer", "s3"):
+        port = ports[f"{name}_grpc"]
+        assert grpc_answer(port) == b"", name  # plain gRPC: closed, no SETTINGS frame
+        assert "CERTIFICATE_REQUIRED" in grpc_answer(port, ca), name
+        answered = grpc_answer(port, ca, cert)
+        assert isinstance(answered, bytes) and answered[3:4] == b"\x04", name  # SETTINGS
+    weed = [str(TOOLS / "bin" / "weed"), "shell"]
+    weed += [f"-master=127.0.0.1:{ports['master']}.{ports['master_grpc']}"]
+    weed += [f"-filer=127.0.0.1:{ports['filer']}.{ports['filer_grpc']}"]
+    outsider = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}  # no security.toml anywhere
+    with pytest.raises(subprocess.TimeoutExpired) as waited:  # it retries, and lists nothing
+        subprocess.run(weed, input="fs.ls /buckets\n", cwd=tmp_path, env=outsider,
+                       capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert "mlflow" not in (waited.value.stdout or b"").decode(errors="replace")
+    insider = subprocess.run(  # the stack's folder: its security.toml, with the certificate
+        weed, input="fs.ls /buckets\n", cwd=home, env=outsider, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert {"dvc", "mlflow"} <= set(insider.stdout.split()), insider.stdout + insider.stderr
 
 
 def s3_client(env: dict):
@@ -806,3 +979,44 @@ def test_team_down_leaves_alone_a_process_that_took_a_servers_pid(fresh_home):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_another_users_file_at_a_grpc_socket_path_does_not_block_team_up(fresh_home):
+    """SeaweedFS puts its gRPC sockets at /tmp/seaweedfs-<name>-grpc-<port>.sock, a name anyone
+    can take first; a non-empty folder there is one even root's weed cannot remove. team up
+    moves that server's gRPC port (and so its socket's name) and leaves the stranger's alone."""
+    folder, env, home = fresh_home
+    assert team("env", env=env, cwd=folder).returncode == 0  # the settings, made on first use
+    taken = json.loads((home / "stack.json").read_text())["ports"]["master_grpc"]
+    blocker = Path(f"/tmp/seaweedfs-master-grpc-{taken}.sock")
+    blocker.mkdir()
+    (blocker / "mine").write_text("another user's\n")
+    if os.getuid() == 0:  # as root, make it truly another user's
+        for path in (blocker, blocker / "mine"):
+            os.chown(path, 65534, 65534)
+    try:
+        started = team("up", env=env | {"MNIST_TEAM_START_TIMEOUT_S": "90"}, cwd=folder)
+        assert started.returncode == 0, started.stderr
+        moved = json.loads((home / "stack.json").read_text())["ports"]["master_grpc"]
+        assert moved != taken
+        assert (blocker / "mine").read_text() == "another user's\n"  # left as it was
+    finally:
+        shutil.rmtree(blocker)
+
+
+def test_team_up_restarts_servers_of_an_older_stack_with_the_doors_closed(fresh_home):
+    """A stack started before the release guard and the gRPC's mutual TLS keeps running
+    servers without them; the next team-up restarts those (not `already running`)."""
+    folder, env, home = fresh_home
+    assert team("up", env=env, cwd=folder).returncode == 0
+    ports = json.loads((home / "stack.json").read_text())["ports"]
+    (home / "security.toml").write_text("")  # as if written by an older team-up
+    config = home / "mlflow-auth.ini"
+    config.write_text(config.read_text().replace("tooling.release_guard:authenticate", "x:y"))
+    again = team("up", env=env, cwd=folder)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0].endswith("(already running)")  # PostgreSQL had nothing to change
+    assert not lines[1].endswith("(already running)") and not lines[2].endswith("running)")
+    assert grpc_answer(ports["master_grpc"]) == b""  # the new weed closes plain gRPC
+    assert "tooling.release_guard:authenticate" in config.read_text()

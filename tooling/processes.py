@@ -80,7 +80,9 @@ def wait_until(
 
 
 def stop_group(pid: int, timeout_s: float = 30) -> None:
-    """SIGTERM the process group `pid` leads (its workers too); SIGKILL after `timeout_s`."""
+    """SIGTERM the process group `pid` leads (its workers too); SIGKILL after `timeout_s`,
+    then wait (a few seconds at most) until it is gone, so that its ports are free when this
+    returns: a restart right after must find them so."""
     with suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -89,6 +91,9 @@ def stop_group(pid: int, timeout_s: float = 30) -> None:
                 return
             time.sleep(0.2)
         os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while group_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 PROC = Path("/proc")  # Linux's; macOS has none

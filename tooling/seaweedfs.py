@@ -1,9 +1,11 @@
 """SeaweedFS as the team's S3 object store: `weed server` with its master, volume and filer
 bound to 127.0.0.1, the S3 gateway behind access keys, the volume and filer servers behind JWT
-signing keys, its logs and HTTP sockets in the stack's folder, no Iceberg or Lance servers,
-and no usage reports to its vendor."""
+signing keys, its gRPC behind mutual TLS with the stack's own certificates (security_toml), its
+logs and HTTP sockets in the stack's folder, no Iceberg or Lance servers, and no usage reports
+to its vendor."""
 
 import os
+import stat
 from pathlib import Path
 
 # SeaweedFS would put each gRPC port at its HTTP port + 10000 unless told
@@ -43,11 +45,47 @@ def environment(jwt_key: str, filer_jwt_key: str) -> dict[str, str]:
     }
 
 
+def grpc_socket(name: str, port: int) -> Path:
+    """Where `weed server` puts the gRPC Unix socket of its server `name` listening on gRPC
+    port `port`: /tmp, with no flag to move it (its HTTP ones go to the stack's folder). The
+    name is the stack's own only through the port in it, so team-up re-chooses a port whose
+    name someone else took (socket_taken). It is its owner's alone (umask 077); a server killed
+    before it closed it leaves it behind, so team-down removes it."""
+    return Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")
+
+
 def grpc_sockets(ports: dict[str, int]) -> list[Path]:
-    """Where `weed server` puts its gRPC Unix sockets: /tmp, with no flag to move them (its
-    HTTP ones go to the stack's folder). They are its owner's alone (umask 077); a server
-    killed before it closed them leaves them behind, so team-down removes them."""
-    return [Path(f"/tmp/seaweedfs-{name}-grpc-{ports[name + '_grpc']}.sock") for name in PORTS]
+    """The gRPC Unix sockets of the stack with these ports (grpc_socket)."""
+    return [grpc_socket(name, ports[name + "_grpc"]) for name in PORTS]
+
+
+def socket_taken(path: Path) -> bool:
+    """Whether something other than a socket of this user's is at `path`. weed removes what is
+    there before it listens, but not another user's file in the sticky /tmp, nor a folder; it
+    then only logs the failure, and its own servers, which dial each other through these
+    sockets, never find one another: the stack would not come up."""
+    try:
+        found = path.lstat()
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISSOCK(found.st_mode) and found.st_uid == os.getuid())
+
+
+# The servers `weed server` runs with gRPC, and its outgoing calls (`client`): each presents the
+# stack's certificate and asks its peers for one signed by the stack's CA (tooling/certificates).
+TLS_PARTS = ("master", "volume", "filer", "s3", "client")
+
+
+def security_toml(ca: Path, cert: Path, key: Path) -> str:
+    """SeaweedFS's security.toml (`weed scaffold -config=security`) closing its gRPC ports to
+    callers without a certificate of the stack's CA: mutual TLS, the only authentication its
+    gRPC has. `weed` reads it from its working folder (the stack's) before $HOME/.seaweedfs/
+    and /etc/seaweedfs/. It names files, no secret; the JWT keys stay in the environment."""
+    lines = ["# written by `make team-up` (tooling/seaweedfs.py); remade at each start", ""]
+    lines += ["[grpc]", f'ca = "{ca}"', ""]
+    for part in TLS_PARTS:
+        lines += [f"[grpc.{part}]", f'cert = "{cert}"', f'key = "{key}"', ""]
+    return "\n".join(lines)
 
 
 def identities(access_key: str, secret_key: str) -> dict:
