@@ -16,18 +16,17 @@ It listens on 127.0.0.1 unless --host names another address and --public-because
 
 import argparse
 import hashlib
-import ipaddress
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from commands.ui import is_loopback
 from mnist_dense.cli import PipelineError, first_line, run
 from mnist_dense.registry import ALIAS, MODEL_NAME
 
 MAX_BODY_BYTES = 32 * 2**20  # several 8 MiB images, or MAX_ROWS rows of pixels, as JSON
-LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
@@ -78,15 +77,6 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def served_files(model: str, folder: Path) -> tuple[Path, str, str, str]:

@@ -159,12 +159,27 @@ def register_and_gate(
             promote, why = decide(challenger, defender)
             if not promote:
                 break
-            client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
+            try:
+                client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
+            except MlflowException as error:
+                if error.error_code != "PERMISSION_DENIED":
+                    raise
+                why = _awaiting_release(why, version.version, client.tracking_uri)
+                break
             if is_local(client.tracking_uri):
                 break
             time.sleep(1.0)
         client.set_model_version_tag(MODEL_NAME, version.version, "champion.decision", why)
     return why
+
+
+def _awaiting_release(why: str, version: str, uri: str) -> str:
+    """The decision of a version the rule would promote, evaluated by someone the team's
+    server does not let move the alias (docs/team.md: the release role)."""
+    return (
+        f"not promoted yet: {why.removeprefix('promoted: ')}, but {promoter(uri)} may not move "
+        f"@{ALIAS} (the release role does: `make registry ARGS='promote {version} --why ...'`)"
+    )
 
 
 def promote_by_hand(client: MlflowClient, version: str, why: str) -> ModelVersion:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from mlflow.tracking import MlflowClient
 
 from commands.serve import MAX_BODY_BYTES, BodyLimit
@@ -137,6 +138,25 @@ def test_the_alias_moves_before_the_decision_is_recorded(trained, tmp_path, monk
     publish.send(client, record_run, record, {publish.MODEL_KEY: MODEL.read_bytes()})
     assert champion_of(client) == candidate
     assert decision_of(client, candidate).startswith("promoted: val_accuracy")
+
+
+def test_a_member_who_may_not_move_the_alias_registers_and_leaves_it_to_release(
+    trained, tmp_path, monkeypatch
+):
+    """On the team's server only the release role moves @champion (403 for the others): a
+    member's evaluate registers its version, records why it is not champion yet, and ends."""
+    run_id, client = trained
+    poor = published(client, run_id, poor_model(tmp_path), "0.1")
+
+    def forbidden(self, *args):
+        raise MlflowException("not in the release role", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", forbidden)
+    candidate = published(client, run_id, MODEL, "0.5")
+    assert champion_of(client) == poor
+    why = decision_of(client, candidate)
+    assert why.startswith("not promoted yet: val_accuracy") and "the release role does" in why
+    assert f"promote {candidate} --why" in why
 
 
 def test_weights_that_differ_from_their_record_are_refused(trained, tmp_path):
