@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import sys
 import tempfile
+import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -126,17 +127,19 @@ def app_for(weights: Path, mode: str, run_id: str, folder: Path) -> Callable:
     (folder / "kernels.txt").write_text(f"{mode}\n")
     (folder / "run.txt").write_text(f"{run_id}\n")
     saved = folder / "served"
-    mlflow.pyfunc.save_model(  # our own model_code.py, copied from the installed package
-        str(saved),
-        python_model=str(Path(served_model.__file__).parent / "model_code.py"),
-        artifacts={
-            served_model.KERAS_ARTIFACT: str(weights),
-            served_model.KERNELS_ARTIFACT: str(folder / "kernels.txt"),
-            served_model.RUN_ARTIFACT: str(folder / "run.txt"),
-        },
-        signature=served_model.SIGNATURE,
-        pip_requirements=[],
-    )
+    with warnings.catch_warnings():  # "no input example": the folder only lives to be loaded
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(  # our own model_code.py, copied from the installed package
+            str(saved),
+            python_model=str(Path(served_model.__file__).parent / "model_code.py"),
+            artifacts={
+                served_model.KERAS_ARTIFACT: str(weights),
+                served_model.KERNELS_ARTIFACT: str(folder / "kernels.txt"),
+                served_model.RUN_ARTIFACT: str(folder / "run.txt"),
+            },
+            signature=served_model.SIGNATURE,
+            pip_requirements=[],
+        )
     return BodyLimit(scoring_server.init(mlflow.pyfunc.load_model(str(saved))), MAX_BODY_BYTES)
 
 
