@@ -58,9 +58,11 @@ from tooling.synthetic_mnist import write_mnist
 TOOLS = ROOT / ".venv-team"
 # what other tests, on the other worker, make in /tmp through tempfile meanwhile: its default
 # names and prefixed ones (verify-repro-, presets-, test-postgres-, ...), and TensorFlow's
-# autograph files. The cycle's own processes make theirs in a TMPDIR of their own.
+# autograph files, and uv's build locks (the lock and Python tests run uv). The cycle's own
+# processes make theirs in a TMPDIR of their own.
 OTHER_TESTS_TEMP = re.compile(
     r"(tmp|[a-z][a-z-]*-)[a-z0-9_]{8}|__autograph_generated_file[a-z0-9_]{8}\.py"
+    r"|uv-[a-z0-9_-]+-[0-9a-f]{16}\.lock"
 )
 
 
