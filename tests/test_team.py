@@ -110,6 +110,35 @@ def test_a_cluster_folder_with_a_space_is_quoted_through_pg_ctl(tmp_path):
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.services  # starts a real PostgreSQL cluster
+def test_a_cluster_killed_mid_query_starts_again_at_once():
+    """Right after a crash the old postmaster's pid and backends linger a moment, and a new
+    postmaster exits at once ("lock file already exists"); start tries again until the server
+    answers, as the team stack's crash recovery (`team up`) needs."""
+    if postgres.postgres_bin() is None:
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql; .ci/run does)")
+    top = Path(tempfile.mkdtemp(prefix="test-postgres-"))  # PostgreSQL's user can enter it
+    cluster = Postgres(top / "cluster", free_port(), "pw-" + os.urandom(8).hex(), durable=False)
+    sleeping = "import psycopg, sys; psycopg.connect(sys.argv[1]).execute('SELECT pg_sleep(60)')"
+    query = None
+    try:
+        cluster.init()
+        cluster.start()
+        query = subprocess.Popen(
+            [sys.executable, "-c", sleeping, cluster.uri("postgres")], stderr=subprocess.DEVNULL
+        )
+        time.sleep(1.5)  # the query is running
+        os.kill(cluster.postmaster(), signal.SIGKILL)
+        cluster.start(60)
+        assert cluster.ready()
+    finally:
+        if query is not None:
+            query.kill()
+            query.wait()
+        cluster.stop()
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @pytest.mark.services  # runs Debian's initdb
 def test_an_initdb_that_fails_leaves_no_password_file_behind():
     if postgres.postgres_bin() is None:

@@ -8,12 +8,14 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from contextlib import suppress
 from pathlib import Path
 
 from tooling.processes import ServiceError, command_line, log_tail, wait_until
 
 SHELL_ACTIVE_IN_DOUBLE_QUOTES = set('$`"\\')
+RETRY_S = 5.0  # pg_ctl start again after this long without an answer (see Postgres.start)
 
 
 def postgres_bin() -> Path | None:
@@ -114,16 +116,33 @@ class Postgres:
         return self._client("pg_isready", "-q").returncode == 0
 
     def start(self, timeout_s: float = 60) -> None:
+        """Start the server and wait until it answers.
+
+        Right after a crash (the postmaster killed) its pid, a zombie until someone reaps it,
+        and its last backends can still hold the data folder, and a new postmaster then exits
+        at once ("lock file already exists", "shared memory block is still in use"): so
+        `pg_ctl start` is tried again every RETRY_S until the server answers. A try while one
+        is already starting is harmless: that postmaster exits on the other's lock file.
+        """
         # pg_ctl hands -o to a shell: every value quoted
         options = ["-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.folder)]
         options += ["-c", "unix_socket_permissions=0600"]
         options += [] if self.durable else ["-c", "fsync=off"]
         options = shlex.join(options)
         data, log = str(self.data), str(self.log)
-        started = self._run("pg_ctl", "start", "-D", data, "-l", log, "-o", options, "-W")
-        if started.returncode != 0:
-            raise ServiceError(f"PostgreSQL: pg_ctl start failed ({log_tail(self.log, 3)})")
-        wait_until(self.ready, f"PostgreSQL on 127.0.0.1:{self.port}", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            started = self._run("pg_ctl", "start", "-D", data, "-l", log, "-o", options, "-W")
+            if started.returncode != 0:
+                raise ServiceError(f"PostgreSQL: pg_ctl start failed ({log_tail(self.log, 3)})")
+            try:
+                wait_until(self.ready, "PostgreSQL", min(RETRY_S, deadline - time.monotonic()))
+                return
+            except ServiceError:
+                if time.monotonic() >= deadline:
+                    raise ServiceError(
+                        f"PostgreSQL on 127.0.0.1:{self.port} did not answer within {timeout_s:g} s"
+                    ) from None
 
     def create_database(self, name: str) -> None:
         listed = self._client("psql", "-d", "postgres", "-Atc", "SELECT datname FROM pg_database")
