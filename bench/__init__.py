@@ -1,3 +1,5 @@
 """Benchmarks: `make bench` and `make bench-tune` (results/)."""
 
-import mnist_dense  # noqa: F401  (first: the kernel path and quiet start-up, mnist_dense/__init__.py)
+from mnist_dense.runtime.process import prepare
+
+prepare()  # first: the kernel path and a quiet start-up, before any library loads

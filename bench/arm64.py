@@ -13,7 +13,7 @@ then runs the preprocess, train and evaluate stages on tiny synthetic MNIST file
 network, one epoch, tracking off), each stage as its own process as DVC runs it,
 under `qemu-aarch64` and natively, and prints what ran, each stage's wall time, and the md5 of
 the model and of the test metrics on both. ARM computes other bits than x86-64 (Eigen's NEON
-kernels, not AVX2): the kernel path each run records says so (mnist_dense/kernels.py).
+kernels, not AVX2): the kernel path each run records says so (mnist_dense/runtime/kernels.py).
 """
 
 import argparse

@@ -46,13 +46,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from commands.presets import apply, load_presets
-from commands.verify_repro import scratch_copy
-from mnist_dense import kernels
-from mnist_dense.params import read_yaml
-from mnist_dense.provenance import cpu_name
-from mnist_dense.shape import CLASSES, PIXELS
+from mnist_dense.config import CLASSES, PIXELS, apply, load_presets, read_yaml
+from mnist_dense.runtime import kernels
+from mnist_dense.tracking.provenance import cpu_name
 from tooling.processes import clean_environment
+from tooling.project_copy import scratch_copy
 
 ROOT = Path.cwd()
 RESULTS = ROOT / "results" / "bench.md"
@@ -310,8 +308,8 @@ PRECISION_EPOCHS = 4
 
 def precision_side_by_side(scratch: Path, env: dict, overrides: dict, report: Report) -> None:
     """Section 5."""
-    from mnist_dense.kernels import cpu_flags
-    from mnist_dense.model import BF16_UNITS
+    from mnist_dense.model.network import BF16_UNITS
+    from mnist_dense.runtime.kernels import cpu_flags
 
     rows = []
     for precision in ("float32", "mixed_bfloat16"):

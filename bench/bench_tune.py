@@ -23,10 +23,10 @@ from pathlib import Path
 import optuna
 import yaml
 
-from commands.verify_repro import scratch_copy
-from mnist_dense.provenance import cpu_name
+from mnist_dense.tracking.provenance import cpu_name
 from tooling.dvc_queue import run_queue
 from tooling.processes import clean_environment, sh, tool
+from tooling.project_copy import scratch_copy
 
 ROOT = Path.cwd()
 RESULTS = ROOT / "results" / "bench-tune.md"

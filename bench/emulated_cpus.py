@@ -100,16 +100,15 @@ def workload() -> None:
     """Train and score in the current folder, in this process, with the train and evaluate
     stages' own functions; print the figures as JSON. Only the arithmetic runs: tracking,
     figures and scikit-learn's metrics would add minutes of emulated imports, not bits."""
-    from mnist_dense import kernels
+    from mnist_dense.config import MODEL, PROCESSED_DIR, load_params
     from mnist_dense.files import load_arrays
-    from mnist_dense.model import load_model, predict, save_model
-    from mnist_dense.params import load_params
-    from mnist_dense.paths import MODEL, PROCESSED_DIR
-    from stages.train import fit
+    from mnist_dense.model.network import load_model, predict, save_model
+    from mnist_dense.model.training import train
+    from mnist_dense.runtime import kernels
 
     params = load_params()
     arrays = load_arrays(PROCESSED_DIR, ["x_train", "y_train", "x_val", "y_val", "x_test"])
-    model, history = fit(params, arrays, on_epoch_end=lambda epoch, scores: None)
+    model, history, _ = train(params, arrays, on_epoch_end=lambda epoch, scores: None)
     save_model(model, MODEL, params.preprocess.normalization)
     scores = predict(load_model(MODEL), arrays["x_test"])  # as evaluate scores the test set
     figures = {

@@ -2,7 +2,7 @@
 
 The profile behind the best preset's speed work (bench section 6): the train step itself
 (forward, backward, optimizer) against each training-time distortion, and the elastic
-field's smoothing as one matrix product (mnist_dense/augment.py) against the two separable
+field's smoothing as one matrix product (mnist_dense/model/augment.py) against the two separable
 convolutions it replaced. Each part runs STEPS times inside one tf.function, as the
 epoch loop runs them; the figure is the median over REPEATS of the time per batch.
 
@@ -17,11 +17,18 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from commands.presets import apply, load_presets
-from mnist_dense.augment import Distort
-from mnist_dense.model import build_model, configure_threads, make_loss, make_optimizer
-from mnist_dense.params import PARAMS_FILE, parse_params, read_yaml
-from mnist_dense.shape import CLASSES, PIXELS, SIDE
+from mnist_dense.config import (
+    CLASSES,
+    PARAMS_FILE,
+    PIXELS,
+    SIDE,
+    apply,
+    load_presets,
+    parse_params,
+    read_yaml,
+)
+from mnist_dense.model.augment import Distort
+from mnist_dense.model.network import build_model, configure_threads, make_loss, make_optimizer
 
 STEPS = 40
 REPEATS = 5

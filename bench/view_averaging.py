@@ -16,8 +16,8 @@ from pathlib import Path
 import dvc.api
 import numpy as np
 
-from mnist_dense.model import load_model, predict
-from mnist_dense.shape import SIDE
+from mnist_dense.config import SIDE
+from mnist_dense.model.network import load_model, predict
 
 SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # the digit and one pixel each way
 

@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_dense.cli import PipelineError, run
+from mnist_dense.errors import PipelineError
+from mnist_dense.runtime.cli import run
 from tooling import browser
 from tooling.processes import tool
 

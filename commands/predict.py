@@ -4,8 +4,8 @@
     python -m commands.predict --json digit.png          # machine-readable
     python -m commands.predict scans/                # every image in a folder -> predictions.csv
 
-Each image goes through MNIST's own preparation (mnist_dense/digit_image.py), normalized as
-the model's training data was (mnist_dense/normalize.py). A file that
+Each image goes through MNIST's own preparation (mnist_dense/serving/digit_image.py), normalized as
+the model's training data was (mnist_dense/data/normalize.py). A file that
 cannot be read, or holds no digit, is reported on stderr and skipped; the rest are still
 predicted, and the exit code is 1 when any file failed.
 """
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mnist_dense.cli import PipelineError, first_line, run
-from mnist_dense.digit_image import MAX_PIXELS, DigitImageError, load_digit
+from mnist_dense.config import MODEL
+from mnist_dense.data.normalize import read_normalization
+from mnist_dense.errors import PipelineError, first_line
 from mnist_dense.files import write_text
-from mnist_dense.normalize import read_normalization
-from mnist_dense.paths import MODEL
+from mnist_dense.runtime.cli import run
+from mnist_dense.serving.digit_image import MAX_PIXELS, DigitImageError, load_digit
 
 TOP = 3
 TABLE_COLUMNS = [
@@ -78,7 +79,10 @@ def predict_files(
                 results.append(Prediction(str(path), error=str(error)))
         if not digits:
             return results
-        from mnist_dense.model import load_model, predict  # TensorFlow loads once there is work
+        from mnist_dense.model.network import (  # TensorFlow loads once there is work
+            load_model,
+            predict,
+        )
 
         try:
             model = load_model(keras_path)
@@ -113,8 +117,8 @@ def model_file(source: str | Path) -> Iterator[Path]:
             )
         yield Path(source)
         return
-    from mnist_dense import store
-    from mnist_dense.served_model import keras_file
+    from mnist_dense.serving.served_model import keras_file
+    from mnist_dense.tracking import store
 
     uri = store.connect()
     with tempfile.TemporaryDirectory(prefix="mnist-model-") as folder:
@@ -129,14 +133,14 @@ def model_file(source: str | Path) -> Iterator[Path]:
 def default_model() -> tuple[str, str]:
     """The registered champion when the tracking store has one, else the pipeline's model
     file; and how to name it to the user."""
-    from mnist_dense.provenance import project_root
+    from mnist_dense.tracking.provenance import project_root
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri or (project_root() / "mlflow.db").is_file():
         from mlflow.tracking import MlflowClient
 
-        from mnist_dense import store
-        from mnist_dense.registry import ALIAS, MODEL_NAME, champion
+        from mnist_dense.tracking import store
+        from mnist_dense.tracking.registry import ALIAS, MODEL_NAME, champion
 
         try:
             found = champion(MlflowClient(store.connect()))

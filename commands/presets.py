@@ -1,5 +1,5 @@
 """Named presets from presets.yaml: run one as a DVC experiment, or all of them over several
-seeds and print the README's table.
+seeds and print the presets table (results/presets.md, docs/results.md).
 
     python -m commands.presets list
     python -m commands.presets run NAME [--seed N]            (make exp ARGS=NAME)
@@ -29,36 +29,15 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.config import MODEL, PARAMS_FILE, apply, as_override, load_presets, read_yaml
+from mnist_dense.errors import PipelineError
 from mnist_dense.figures import training_curves
-from mnist_dense.params import PARAMS_FILE, as_override, parse_params, read_yaml
-from mnist_dense.paths import MODEL
 from tooling.dvc_queue import run_queue
 from tooling.processes import tool
 
-PRESETS_FILE = Path("presets.yaml")
 YARDSTICK = "seed-notebook"  # the reference every training time is a multiple of
 RESULTS = Path("results")
-
-
-def apply(params: dict, overrides: dict) -> dict:
-    """params.yaml's mapping with dotted-key overrides applied."""
-    result = {section: dict(values) for section, values in params.items()}
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        result.setdefault(section, {})[name] = value
-    return result
-
-
-def load_presets(path: Path = PRESETS_FILE, params_path: Path = PARAMS_FILE) -> dict:
-    """The presets, each checked against params.yaml's schema."""
-    presets = yaml.safe_load(Path(path).read_text())
-    params = read_yaml(Path(params_path).read_text())
-    for name, preset in presets.items():
-        parse_params(apply(params, preset["overrides"]), f"{path}: {name}")
-    return presets
 
 
 def committed_params() -> dict:

@@ -6,7 +6,7 @@ scanner might have made it, an equal share per writing style:
 - a thin pen and a thick pen; slant (sheared 10-20 degrees either way);
 - a 1 with a flag and a base, a crossed 7 (styles common outside the US; 1s and 7s only).
   The default trains on crossed 7s of its own (`preprocess.crossed_sevens`, drawn by other
-  code with other randomness: mnist_dense/glyphs.py), so that style says the lever works,
+  code with other randomness: mnist_dense/data/glyphs.py), so that style says the lever works,
   not that every writer's 7 is read.
 Then it redraws each as a photo or scan might show it: larger, on a bigger canvas, off-centre,
 mostly dark ink on light paper of some colour (some light on dark, some plain gray), softened
@@ -28,12 +28,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from commands.predict import default_model, predict_files
-from mnist_dense.cli import PipelineError, run
+from mnist_dense.config import RAW_DIR, SIDE, load_params
+from mnist_dense.data.mnist import load_images_and_labels, split_indices
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import atomic_path
-from mnist_dense.params import load_params
-from mnist_dense.paths import RAW_DIR
-from mnist_dense.shape import SIDE
-from stages.preprocess import load_images_and_labels, split_indices
+from mnist_dense.runtime.cli import run
 
 FORMATS = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "GIF": "gif"}
 MARKER = ".real-use"  # marks a folder real_use made, the only kind it replaces

@@ -4,7 +4,7 @@
     python -m commands.registry promote VERSION --why "reason, for the record"
 
 Evaluate registers every model it scores and moves `champion` by the rule in
-mnist_dense/registry.py (validation accuracy on the same validation set); `promote` is the
+mnist_dense/tracking/registry.py (validation accuracy on the same validation set); `promote` is the
 person's override, recorded on the version as `promoted.by` and `promoted.why`.
 """
 
@@ -13,10 +13,11 @@ import argparse
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import store
-from mnist_dense.cli import PipelineError, run
-from mnist_dense.registry import ALIAS, MODEL_NAME, champion, promote_by_hand
-from mnist_dense.served_model import UntrustedModel
+from mnist_dense.errors import PipelineError
+from mnist_dense.runtime.cli import run
+from mnist_dense.serving.served_model import UntrustedModel
+from mnist_dense.tracking import store
+from mnist_dense.tracking.registry import ALIAS, MODEL_NAME, champion, promote_by_hand
 
 
 def listing(client: MlflowClient) -> list[str]:

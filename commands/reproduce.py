@@ -26,11 +26,11 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import provenance, store
-from mnist_dense.cli import PipelineError, run
-from mnist_dense.params import from_text
-from mnist_dense.paths import MODEL, RUN_INFO, TEST_METRICS
-from mnist_dense.provenance import cache_difference
+from mnist_dense.config import MODEL, RUN_INFO, TEST_METRICS, from_text
+from mnist_dense.errors import PipelineError
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking import provenance, store
+from mnist_dense.tracking.provenance import cache_difference
 from tooling.processes import clean_environment, sh
 from tooling.project_copy import STAGES, rerun_from_scratch
 
@@ -39,7 +39,7 @@ METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
 REQUIRED_TAGS = ("git.commit", *(f"dvc.md5.{path}" for path in HASHED))
 # environment tags that decide the bits, and what a difference in each one means
 ENVIRONMENT = {
-    "kernels.path": "another kernel path (mnist_dense/kernels.py)",
+    "kernels.path": "another kernel path (mnist_dense/runtime/kernels.py)",
     "kernels.eigen_blocking": "other cache sizes for Eigen's blocking of matrix products",
     "env.cpu_caches": "another CPU cache size",
     "env.cpu_flags": "another CPU instruction set",

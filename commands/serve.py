@@ -7,7 +7,7 @@
 Whoever can write to the tracking store can move `@champion` or register a version carrying
 any code, and `mlflow models serve` runs the code a version carries. This server runs none of
 it: it fetches the version's .keras file alone, refuses it unless its sha256 is the one
-evaluate recorded on the version (mnist_dense/served_model.py, weights_of), and loads it in
+evaluate recorded on the version (mnist_dense/serving/served_model.py, weights_of), and loads it in
 Keras' safe mode into the DigitReader of the installed project. It speaks MLflow's scoring
 protocol (`/invocations` with `dataframe_records`, `/ping`), through MLflow's own scoring app,
 with limits on what one request may ask: a body of at most MAX_BODY_BYTES and MAX_ROWS rows.
@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from commands.ui import is_loopback
-from mnist_dense.cli import PipelineError, first_line, run
-from mnist_dense.registry import ALIAS, MODEL_NAME
+from mnist_dense.errors import PipelineError, first_line
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking.registry import ALIAS, MODEL_NAME
+from tooling.processes import is_loopback
 
 MAX_BODY_BYTES = 32 * 2**20  # several 8 MiB images, or MAX_ROWS rows of pixels, as JSON
 Scope = MutableMapping[str, Any]
@@ -83,7 +84,7 @@ class _TooLarge(Exception):
 def served_files(model: str, folder: Path) -> tuple[Path, str, str, str]:
     """The model's .keras file (checked), its kernel path, the run that made it, and how to
     name it to the user."""
-    from mnist_dense import kernels
+    from mnist_dense.runtime import kernels
 
     path = Path(model)
     if model.endswith(".keras"):
@@ -94,8 +95,8 @@ def served_files(model: str, folder: Path) -> tuple[Path, str, str, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mnist_dense import store
-    from mnist_dense.served_model import UntrustedModel, registered_version, weights_of
+    from mnist_dense.serving.served_model import UntrustedModel, registered_version, weights_of
+    from mnist_dense.tracking import store
 
     client = MlflowClient(store.connect())
     try:
@@ -122,7 +123,7 @@ def app_for(weights: Path, mode: str, run_id: str, folder: Path) -> Callable:
     import mlflow
     from mlflow.pyfunc import scoring_server
 
-    from mnist_dense import served_model
+    from mnist_dense.serving import served_model
 
     (folder / "kernels.txt").write_text(f"{mode}\n")
     (folder / "run.txt").write_text(f"{run_id}\n")

@@ -8,26 +8,32 @@ for, in the order it was made, and removes it once every record went through. Ru
 failure: it resumes where it stopped.
 
 A stage killed outright (SIGKILL, the out-of-memory killer, a power cut) left its journal
-instead (mnist_dense/run_log.py): when the process that wrote it is gone, its records that the
-store had not taken are sent and its run, if still RUNNING, is marked KILLED; a journal whose
-process still runs (a training in progress) is left alone, since it is still being written.
+instead (mnist_dense/tracking/journal.py): when the process that wrote it is gone, its
+records that the store had not taken are sent and its run, if still RUNNING, is marked KILLED;
+a journal whose process still runs (a training in progress) is left alone, since it is still
+being written.
 """
 
 import sys
 from pathlib import Path
 
-from mnist_dense import publish
-from mnist_dense.cli import PipelineError, first_line, run
+from mnist_dense.errors import PipelineError, first_line
 from mnist_dense.files import TEMP_PREFIX
-from mnist_dense.run_log import (
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking import (
+    publish,  # noqa: F401  (adds the publish kind to records.KINDS)
+    store,
+)
+from mnist_dense.tracking.journal import (
     JOURNAL,
     RECORDS,
-    SENDERS,
     adopt,
     pending_busy,
     pending_root,
     send_pending,
 )
+from mnist_dense.tracking.records import KilledRecord
+from mnist_dense.tracking.store import scrubbed
 
 
 def main() -> None:
@@ -49,12 +55,13 @@ def main() -> None:
                 continue
             if not (folder / RECORDS).is_file():
                 _adopt(folder)
-            sent = send_pending(folder, SENDERS | publish.SENDERS)
+            sent = send_pending(folder)
             print(f"{folder.name}: {sent} records sent")
         except Exception as error:  # one line per run that could not be sent
             failed += 1
             print(
-                f"error: run {folder.name}: not sent ({first_line(error, limit=1000)}); "
+                f"error: run {folder.name}: not sent "
+                f"({scrubbed(first_line(error, limit=1000), store.tracking_uri())}); "
                 f"kept in {folder}",
                 file=sys.stderr,
             )
@@ -70,7 +77,7 @@ def _adopt(folder: Path) -> None:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     writer = header.get("writer") or {}
-    killed = [record for record in records if record["kind"] == "killed"]
+    killed = [record for record in records if isinstance(record, KilledRecord)]
     unsent = len(records) - len(killed)
     ending = f", then run {header['run_id']} marked KILLED if still RUNNING" if killed else ""
     print(

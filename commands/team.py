@@ -38,9 +38,10 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from mnist_dense.cli import PipelineError, run
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import private_folder, write_private
-from mnist_dense.provenance import project_root
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking.provenance import project_root
 from tooling import certificates, seaweedfs, team_people, tracking_server
 from tooling.postgres import Postgres
 from tooling.processes import (
@@ -337,8 +338,8 @@ def team_resources(stack: dict) -> dict[str, str]:
     registered model, made by the admin so that no member is their creator (who MANAGEs)."""
     from mlflow.tracking import MlflowClient
 
-    from mnist_dense import store
-    from mnist_dense.registry import ALIAS, MODEL_NAME
+    from mnist_dense.tracking import store
+    from mnist_dense.tracking.registry import ALIAS, MODEL_NAME
 
     client = MlflowClient(mlflow_url(stack))
     with as_admin(stack):
@@ -410,7 +411,7 @@ def up() -> None:
 
 def ui_address(stack: dict) -> str:
     """The UI's address on the runs of the team's experiment."""
-    from mnist_dense import store
+    from mnist_dense.tracking import store
 
     return store.ui_url(mlflow_url(stack), team_resources(stack)["experiment"])
 

@@ -48,23 +48,24 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from commands.presets import apply
-from mnist_dense import store
-from mnist_dense.cli import PipelineError, run
-from mnist_dense.params import (
+from mnist_dense.config import (
     PARAMS_FILE,
+    apply,
     as_override,
     as_text,
     from_text,
     parse_params,
     read_yaml,
 )
-from mnist_dense.provenance import project_root
-from mnist_dense.tracking import PARENT_ENV, TRIAL_ENV
+from mnist_dense.errors import PipelineError
+from mnist_dense.model.progress import parse_epoch_line
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking import store
+from mnist_dense.tracking.provenance import project_root
+from mnist_dense.tracking.runs import PARENT_ENV, TRIAL_ENV
 from tooling.processes import tool
 
 SPACE_FILE = Path("tune.yaml")
-EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ .* val_accuracy ([\d.]+)")
 HEARTBEAT_S = int(os.environ.get("MNIST_TUNE_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("MNIST_TUNE_GRACE_S", "40"))  # a trial silent this long is dead
 FIXED_ATTR = "fixed"  # a trial's user attribute: the -S params it ran with besides its own
@@ -245,9 +246,9 @@ class Tuner:
         started = time.monotonic()
         for line in process.stdout:
             tail = [*tail[-20:], line]
-            found = EPOCH_LINE.match(line)
-            if found:
-                epoch, val_accuracy = int(found.group(1)), float(found.group(2))
+            report = parse_epoch_line(line)
+            if report:
+                epoch, val_accuracy = report.epoch, report.val_accuracy
                 trial.report(val_accuracy, epoch)
                 # what the benchmark needs to tell the time pruning saved
                 trial.set_user_attr("epochs_run", epoch)

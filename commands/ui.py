@@ -3,7 +3,7 @@
     python -m commands.ui --port 5000              (make ui)
     python -m commands.ui --serve --port 5002      (make mlflow-server)
 
-The store is MLFLOW_BACKEND_STORE_URI, else the project's own (mnist_dense/store.py); a
+The store is MLFLOW_BACKEND_STORE_URI, else the project's own (mnist_dense/tracking/store.py); a
 server's artifacts go to MLFLOW_ARTIFACTS_DESTINATION, else ./mlartifacts. Both are read from
 the environment, so no password appears on a command line. The first line printed is the
 address of experiment `mnist-dense` (MLFLOW_EXPERIMENT_NAME) in the runs view; MLflow 3's UI
@@ -19,32 +19,22 @@ which asks for credentials (make team-up, docs/team.md). The UI takes another --
 """
 
 import argparse
-import ipaddress
 import os
 import sys
 import webbrowser
 
 from mlflow.tracking import MlflowClient
 
-from mnist_dense import store
-from mnist_dense.cli import PipelineError, run
-from tooling.processes import tool
+from mnist_dense.errors import PipelineError
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking import store
+from tooling.processes import is_loopback, tool
 
 
 def has_desktop() -> bool:
     return sys.platform == "darwin" or bool(
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine only: localhost, or an address in 127.0.0.0/8 or ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def check_host(host: str, serve: bool, public_because: str | None) -> None:

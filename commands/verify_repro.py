@@ -15,21 +15,19 @@ import json
 import tempfile
 from pathlib import Path
 
-from mnist_dense.cli import PipelineError, run
-from mnist_dense.paths import MODEL, RUN_INFO, TEST_METRICS
-from mnist_dense.provenance import cache_difference, cpu_flags, cpu_name, dvc_lock_outputs
+from mnist_dense.config import MODEL, RUN_INFO, TEST_METRICS
+from mnist_dense.errors import PipelineError
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking.provenance import (
+    bit_deciding_flags,
+    cache_difference,
+    cpu_name,
+    dvc_lock_outputs,
+)
 from tooling.processes import clean_environment, sh
-from tooling.project_copy import STAGES, copy_project, rerun_from_scratch
+from tooling.project_copy import STAGES, rerun_from_scratch, scratch_copy
 
 DIFFERS_BY_NATURE = {"metrics/run.json"}
-
-
-def scratch_copy(root: Path, scratch: Path) -> None:
-    """The project's files (tracked or not ignored), its raw data, and a link to its cache."""
-    copy_project(root, scratch)
-    sh("git", "init", "-q", cwd=scratch)
-    sh("dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache"), cwd=scratch)
-    sh("dvc", "checkout", "--quiet", "download", cwd=scratch)
 
 
 def compare(recorded: dict[str, str], rerun: dict[str, str]) -> tuple[str, int, int]:
@@ -119,7 +117,7 @@ def machine(project: Path) -> dict[str, str]:
 
 def machine_row(recorded: dict[str, str], rerun: dict[str, str], here: dict[str, str]) -> str:
     """This machine's row of docs/reproducibility.md's table of CPUs."""
-    flags = " ".join(cpu_flags()) or "?"
+    flags = " ".join(bit_deciding_flags()) or "?"
     model = rerun.get(str(MODEL), "-")
     same = "identical" if model == recorded.get(str(MODEL)) else "DIFFERENT"
     cpu = f"{cpu_name()} ({here['cpu_vendor']}; {here['cpu_caches']})"

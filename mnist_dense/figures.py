@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mnist_dense.shape import CLASSES, SIDE
+from mnist_dense.config import CLASSES, SIDE
 
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
 DPI = 80

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.errors import PipelineError
 
 TEMP_PREFIX = ".tmp-"  # git-ignored; a leftover only appears after a hard kill
 
@@ -129,13 +129,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner may read (a secret): mode 0600 from the moment it exists,
-    never briefly the umask's 0644, and replaced as a whole."""
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write a file only its owner may read (a secret, a kept run log): mode 0600 from the
+    moment it exists, never briefly the umask's 0644, and replaced as a whole."""
     with atomic_path(Path(path)) as temp:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(text)
+        with os.fdopen(descriptor, "wb" if isinstance(data, bytes) else "w") as stream:
+            stream.write(data)
 
 
 def private_folder(path: Path) -> Path:

@@ -11,11 +11,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mnist_dense.cli import PipelineError, run
+from mnist_dense.config import RAW_DIR
+from mnist_dense.data.checksums import read_checksums
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import atomic_path
-from mnist_dense.paths import RAW_DIR
+from mnist_dense.runtime.cli import run
 
-CHECKSUMS = Path(__file__).with_name("mnist.sha256")
 PUBLIC_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -26,16 +27,6 @@ ATTEMPTS = 3  # per remote source, with a growing pause between them
 # train-images-idx3-ubyte.gz, is 9,912,422 bytes), so a wrong or hostile one cannot fill the
 # disk before its checksum refuses it.
 MAX_BYTES = 10 * 2**20
-
-
-def read_checksums(path: Path = CHECKSUMS) -> dict[str, str]:
-    """Parse a `sha256sum` file into {file name: hex digest}."""
-    checksums = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            digest, name = line.split()
-            checksums[name.lstrip("*")] = digest
-    return checksums
 
 
 def sources(mirror: str | None) -> list[str]:

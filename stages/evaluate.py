@@ -5,7 +5,7 @@ Writes metrics/evaluate.json (test accuracy, loss, macro F1), metrics/per_class.
 predicted digit per test image, read by DVC's confusion-matrix plot), and logs them to the
 MLflow run that trained the model; then publishes the model: the served model (with its image
 preparation) logged into that run, its test metrics on it, registered, the champion rule
-applied (mnist_dense/publish.py).
+applied (mnist_dense/tracking/publish.py).
 """
 
 import json
@@ -16,12 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, log_loss
 
-from mnist_dense import figures, kernels, publish, tracking
-from mnist_dense.cli import PipelineError, run
-from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
-from mnist_dense.model import configure_threads, load_model, predict
-from mnist_dense.params import Params, load_params
-from mnist_dense.paths import (
+from mnist_dense import figures
+from mnist_dense.config import (
+    CLASSES,
     CONFUSION_PNG,
     MISCLASSIFIED_PNG,
     MODEL,
@@ -30,8 +27,15 @@ from mnist_dense.paths import (
     PROCESSED_DIR,
     RUN_INFO,
     TEST_METRICS,
+    Params,
+    load_params,
 )
-from mnist_dense.shape import CLASSES
+from mnist_dense.errors import PipelineError
+from mnist_dense.files import load_arrays, write_bytes, write_json, write_text
+from mnist_dense.model.network import configure_threads, load_model, predict
+from mnist_dense.runtime import kernels
+from mnist_dense.runtime.cli import run
+from mnist_dense.tracking import publish, runs
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray) -> tuple[dict, pd.DataFrame]:
@@ -73,7 +77,7 @@ def _load(path: Path) -> keras.Model:
 def evaluate(params: Params) -> dict:
     kernels.require(params.train.kernels)  # the model computes here too
     configure_threads(params.train.threads)  # and splits its sums by the thread count
-    with tracking.existing_run(_training_run_id()) as (log, recorded):
+    with runs.existing_run(_training_run_id()) as (log, recorded):
         model = _load(MODEL)
         arrays = load_arrays(PROCESSED_DIR, ["x_test", "y_test"])
         labels = arrays["y_test"]
@@ -90,7 +94,7 @@ def evaluate(params: Params) -> dict:
         }
         for path, picture in pictures.items():
             write_bytes(path, figures.png_bytes(picture))
-        (test_set,) = tracking.dataset_records(["mnist-test"], {"test": len(labels)})
+        (test_set,) = runs.dataset_records(["mnist-test"], {"test": len(labels)})
         log.datasets([test_set])
         log.metrics(metrics)
         for path in (TEST_METRICS, PER_CLASS):
@@ -106,7 +110,7 @@ def evaluate(params: Params) -> dict:
                 "example": arrays["x_test"][0].tolist(),
                 "kernels": params.train.kernels,
                 "metrics": metrics,
-                "tags": tracking.version_tags(recorded, metrics),
+                "tags": runs.version_tags(recorded, metrics),
                 "dataset": {"name": test_set["name"], "digest": test_set["digest"]},
             },
         )

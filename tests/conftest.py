@@ -24,7 +24,7 @@ import pytest
 import yaml
 from filelock import FileLock
 
-from mnist_dense.provenance import file_sha256 as sha256
+from mnist_dense.tracking.provenance import file_sha256 as sha256
 from tests.servers import chromium, mlflow_server, model_server, postgres  # noqa: F401 (fixtures)
 from tooling.processes import clean_environment, sh
 from tooling.project_copy import copy_project
@@ -195,13 +195,12 @@ def trained(workdir):
     """A training logged to the working folder's own SQLite store; its run id and a client."""
     from mlflow.tracking import MlflowClient
 
-    from mnist_dense.params import load_params
-    from mnist_dense.paths import RUN_INFO
+    from mnist_dense.config import RUN_INFO, load_params
     from stages import preprocess, train
 
     write_params(workdir, tracking={"enabled": True})
     preprocess.preprocess(load_params().preprocess)
-    train.train(load_params())
+    train.main()
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     with tracking_store(uri):
         yield json.loads(RUN_INFO.read_text())["mlflow_run_id"], MlflowClient(uri)
@@ -285,9 +284,9 @@ class Finished:
 
 @pytest.fixture
 def call_main(capsys, monkeypatch) -> Callable[..., Finished]:
-    """`call_main(module.main, *argv)`: the command as mnist_dense.cli.run runs it, in this
+    """`call_main(module.main, *argv)`: the command as mnist_dense.runtime.cli.run runs it, in this
     process (no start-up cost): its exit code and output. Signal handlers are put back."""
-    from mnist_dense.cli import run
+    from mnist_dense.runtime.cli import run
 
     def call(main: Callable[[], None], *argv: str) -> Finished:
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -332,13 +331,13 @@ def client_of(project: Path):
 
 def versions(client) -> dict[str, object]:
     """The registered model's versions, by number."""
-    from mnist_dense.registry import MODEL_NAME
+    from mnist_dense.tracking.registry import MODEL_NAME
 
     return {str(v.version): v for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
 
 
 def champion_version(client) -> str:
-    from mnist_dense.registry import ALIAS, MODEL_NAME
+    from mnist_dense.tracking.registry import ALIAS, MODEL_NAME
 
     return str(client.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
 
@@ -501,7 +500,7 @@ def _output_files(project: Path, lock: dict[str, str]) -> dict[str, bytes]:
 def forced_rerun(built_project, tmp_path_factory, worker_id) -> ForcedRerun:
     """A copy of the built project forced to re-run every stage, once per run. "Before" is
     the built project, which the copy was until the re-run."""
-    from mnist_dense.provenance import dvc_lock_outputs
+    from mnist_dense.tracking.provenance import dvc_lock_outputs
 
     source, env = built_project
 
@@ -538,7 +537,7 @@ def swept(built_project, tmp_path_factory) -> Sweep:
     """A copy of the built project after `dvc exp run --queue` of SWEEP and `dvc queue start
     -j 2`, once per session: test_pipeline.py's tests read it (only they, so that one
     pytest-xdist worker builds it)."""
-    from mnist_dense.registry import MODEL_NAME
+    from mnist_dense.tracking.registry import MODEL_NAME
     from tooling.dvc_queue import run_queue
 
     source, env = built_project

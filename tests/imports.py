@@ -7,7 +7,7 @@ PACKAGES = ("stages", "mnist_dense", "commands", "bench")
 
 
 def module_file(root: Path, module: str) -> Path | None:
-    """The file of a project module (`mnist_dense.fit` -> mnist_dense/fit.py), if any."""
+    """The file of a project module (`mnist_dense.config` -> mnist_dense/config.py), if any."""
     parts = module.split(".")
     if parts[0] not in PACKAGES:
         return None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_dense.model.progress import parse_epoch_line
 from tooling import browser, processes
 from tooling.postgres import Postgres, postgres_bin
 from tooling.processes import free_port
@@ -212,9 +213,10 @@ def train_with_outage(
     restart = threading.Thread(target=lambda: (stop.join(), server.start()))
     epochs, events = [], []
     for line in process.stdout:
-        if not line.startswith("epoch "):
+        report = parse_epoch_line(line)
+        if report is None:
             continue
-        epoch = int(line.split()[1].split("/")[0])
+        epoch = report.epoch
         epochs.append((epoch, time.monotonic()))
         if epoch == 2:
             stop.start()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dense.augment import Distort, _bilinear
-from mnist_dense.params import AugmentParams
+from mnist_dense.config import AugmentParams
+from mnist_dense.model.augment import Distort, _bilinear
 
 NONE = {"rotation": 0, "scale": 0, "shift": 0, "elastic_alpha": 0, "elastic_sigma": 4}
 NONE |= {"shear": 0, "stroke": 0, "low_res": 0}

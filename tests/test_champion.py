@@ -23,12 +23,9 @@ from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from mlflow.tracking import MlflowClient
 
 from commands.serve import MAX_BODY_BYTES, BodyLimit
-from mnist_dense import publish, registry
-from mnist_dense.model import build_model, save_model
-from mnist_dense.params import load_params
-from mnist_dense.paths import MODEL
-from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
-from mnist_dense.served_model import (
+from mnist_dense.config import MODEL, load_params
+from mnist_dense.model.network import build_model, save_model
+from mnist_dense.serving.served_model import (
     MAX_ROWS,
     WEIGHTS_TAG,
     DigitReader,
@@ -38,7 +35,9 @@ from mnist_dense.served_model import (
     read_rows,
     weights_of,
 )
-from mnist_dense.tracking import validation_set
+from mnist_dense.tracking import publish, registry
+from mnist_dense.tracking.registry import ALIAS, MODEL_NAME, Standing, decide
+from mnist_dense.tracking.runs import validation_set
 from stages import evaluate
 from tests.servers import post
 
@@ -57,15 +56,14 @@ def published(client: MlflowClient, like_run: str, weights: Path, val_accuracy: 
     version tagged with `val_accuracy` (what a training would record); the version."""
     experiment = client.get_run(like_run).info.experiment_id
     run_id = client.create_run(experiment).info.run_id
-    record = {
-        "kind": "publish",
-        "key": publish.MODEL_KEY,
-        "example": [0.0] * 784,
-        "kernels": "portable",
-        "metrics": {"test_accuracy": 0.5},
-        "tags": {"val_accuracy": val_accuracy, "validation.digest": validation_set()},
-        "dataset": {"name": "mnist-test", "digest": "x"},
-    }
+    record = publish.PublishRecord(
+        key=publish.MODEL_KEY,
+        example=[0.0] * 784,
+        kernels="portable",
+        metrics={"test_accuracy": 0.5},
+        tags={"val_accuracy": val_accuracy, "validation.digest": validation_set()},
+        dataset={"name": "mnist-test", "digest": "x"},
+    )
     publish.send(client, run_id, record, {publish.MODEL_KEY: weights.read_bytes()})
     (version,) = client.search_model_versions(f"name = '{MODEL_NAME}' AND run_id = '{run_id}'")
     return str(version.version)
@@ -127,14 +125,14 @@ def test_the_alias_moves_before_the_decision_is_recorded(trained, tmp_path, monk
     assert champion_of(client) == poor
     # the retry (make sync-runs sends the kept record again) decides anew and moves it
     record_run = client.get_model_version(MODEL_NAME, candidate).run_id
-    record = {
-        "key": publish.MODEL_KEY,
-        "example": [0.0] * 784,
-        "kernels": "portable",
-        "metrics": {"test_accuracy": 0.5},
-        "tags": {"val_accuracy": "0.5", "validation.digest": validation_set()},
-        "dataset": {"name": "mnist-test", "digest": "x"},
-    }
+    record = publish.PublishRecord(
+        key=publish.MODEL_KEY,
+        example=[0.0] * 784,
+        kernels="portable",
+        metrics={"test_accuracy": 0.5},
+        tags={"val_accuracy": "0.5", "validation.digest": validation_set()},
+        dataset={"name": "mnist-test", "digest": "x"},
+    )
     publish.send(client, record_run, record, {publish.MODEL_KEY: MODEL.read_bytes()})
     assert champion_of(client) == candidate
     assert decision_of(client, candidate).startswith("promoted: val_accuracy")
@@ -208,7 +206,7 @@ def test_a_decompression_bomb_under_the_limit_is_reduced_before_it_becomes_float
 
     from PIL import Image, ImageDraw
 
-    from mnist_dense.digit_image import MAX_PIXELS, digit_from_bytes
+    from mnist_dense.serving.digit_image import MAX_PIXELS, digit_from_bytes
 
     image = Image.new("L", (6000, 6600), 255)  # 39.6 megapixels, just under the limit
     ImageDraw.Draw(image).line((2000, 1000, 2500, 5000), fill=0, width=300)
@@ -231,7 +229,7 @@ from pathlib import Path
 
 from mlflow.models import set_model
 
-from mnist_dense.served_model import DigitReader
+from mnist_dense.serving.served_model import DigitReader
 
 Path({marker!r}).write_text("the store's code ran")
 set_model(DigitReader())
@@ -243,7 +241,7 @@ def test_serving_runs_none_of_the_code_a_version_carries(trained, tmp_path, mode
     champion: `mlflow models serve` would run that code; the project's server does not."""
     import mlflow
 
-    from mnist_dense.served_model import KERAS_ARTIFACT, SIGNATURE
+    from mnist_dense.serving.served_model import KERAS_ARTIFACT, SIGNATURE
 
     run_id, client = trained
     evaluate.evaluate(load_params())

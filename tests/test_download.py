@@ -1,6 +1,6 @@
 import pytest
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.errors import PipelineError
 from stages import download as download_stage
 from stages.download import PUBLIC_MIRRORS, download, read_checksums, sources
 from tests.conftest import sha256

@@ -8,8 +8,8 @@ key declared but never read retrains for nothing.
 import pytest
 import yaml
 
-from mnist_dense import params as params_module
-from mnist_dense.params import Params, load_params
+from mnist_dense import config as params_module
+from mnist_dense.config import Params, load_params
 from tests.conftest import ROOT, write_params
 from tests.imports import closure
 
@@ -25,11 +25,20 @@ def module_of(stage: dict) -> str:
     return stage["cmd"].removeprefix("python -m ").split()[0]
 
 
+def python_files(dep: str) -> set[str]:
+    """The Python files a dep stands for: itself, or every one in a folder."""
+    path = ROOT / dep
+    if path.is_dir():
+        return {str(file.relative_to(ROOT)) for file in path.rglob("*.py")}
+    return {dep} if dep.endswith(".py") else set()
+
+
 def code_problems(declared: dict[str, dict]) -> list[str]:
-    """How each stage's Python deps differ from what its module imports."""
+    """How each stage's Python deps differ from what its module imports. A folder may stand
+    for its files only where the stage imports every one of them."""
     problems = []
     for name, stage in declared.items():
-        deps = {dep for dep in stage.get("deps", []) if dep.endswith(".py")}
+        deps = set().union(*(python_files(dep) for dep in stage.get("deps", [])))
         imported = closure(ROOT, module_of(stage))
         problems += [
             f"{name}: imports {path} but dvc.yaml does not list it"
@@ -46,14 +55,15 @@ def test_every_stage_lists_exactly_the_code_it_imports():
     assert code_problems(dvc_stages()) == []
 
 
-def test_a_missing_code_dep_is_named():
+def test_a_missing_code_dep_or_a_folder_wider_than_the_imports_is_named():
     declared = dvc_stages()
-    declared["train"]["deps"].remove("mnist_dense/fit.py")
-    declared["evaluate"]["deps"].append("mnist_dense/augment.py")
-    assert sorted(code_problems(declared)) == [
-        "evaluate: lists mnist_dense/augment.py, which it does not import",
-        "train: imports mnist_dense/fit.py but dvc.yaml does not list it",
-    ]
+    declared["train"]["deps"].remove("mnist_dense/model")
+    declared["evaluate"]["deps"].append("mnist_dense/model")
+    problems = code_problems(declared)
+    assert "train: imports mnist_dense/model/training.py but dvc.yaml does not list it" in problems
+    assert "evaluate: lists mnist_dense/model/augment.py, which it does not import" in problems
+    expected = ("train: imports mnist_dense/model/", "evaluate: lists mnist_dense/model/")
+    assert all(problem.startswith(expected) for problem in problems), problems
 
 
 class Recorder:

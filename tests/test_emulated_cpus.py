@@ -7,12 +7,11 @@ emulated process takes minutes (bench/emulated_cpus.py). The table's verdict is 
 
 import sys
 
-import numpy as np
 import pytest
 
 from bench import emulated_cpus
 from tests.conftest import ROOT
-from tooling.synthetic_mnist import synthetic_digits
+from tooling.synthetic_mnist import write_processed
 
 # two steps of the default batch (every product of a step, twice), validation in one batch and
 # the 2,000 test images in one of evaluate's batches
@@ -24,13 +23,7 @@ def test_the_portable_path_gives_this_machines_bits_on_every_emulated_cpu(qemu, 
     """Three emulated CPUs, both vendors and both of QEMU's L2 sizes (4 MiB and 512 KiB, which
     gave other bits before Eigen's blocking was pinned), train and score as this machine
     does; the native path on one of them does not, so this test can fail."""
-    processed = tmp_path / "processed"
-    processed.mkdir()
-    for part, (x_name, y_name) in emulated_cpus.ARRAYS.items():
-        images, labels = synthetic_digits(SIZES[part], seed=len(part))
-        pixels = images.reshape(len(images), -1).astype(np.float32) / 255
-        np.save(processed / f"{x_name}.npy", pixels, allow_pickle=False)
-        np.save(processed / f"{y_name}.npy", labels, allow_pickle=False)
+    processed = write_processed(tmp_path / "processed", SIZES)
     models = list(emulated_cpus.MODELS)
     rows = emulated_cpus.rows(models, emulated_cpus.CONTROL, ROOT / "params.yaml", processed, SIZES)
     print("\n" + emulated_cpus.HEADER + "\n" + "\n".join(row.markdown() for row in rows))

@@ -1,7 +1,7 @@
 """Stages run as commands: one-line errors, exit codes, tracking faults and interruptions.
 
-The messages are checked in process (`call_main`: the stage's main as mnist_dense.cli.run runs
-it); one test per stage also runs it as its own process, for the real exit code.
+The messages are checked in process (`call_main`: the stage's main as mnist_dense.runtime.cli.run
+runs it); one test per stage also runs it as its own process, for the real exit code.
 """
 
 import json
@@ -11,10 +11,18 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from mnist_dense.cli import Interrupted, PipelineError, run
+from mnist_dense.config import (
+    HISTORY,
+    MODEL,
+    PROCESSED_DIR,
+    RUN_INFO,
+    TEST_METRICS,
+    TRAIN_METRICS,
+    load_params,
+)
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import remove_stale_temporaries
-from mnist_dense.params import load_params
-from mnist_dense.paths import HISTORY, MODEL, PROCESSED_DIR, RUN_INFO, TEST_METRICS, TRAIN_METRICS
+from mnist_dense.runtime.cli import Interrupted, run
 from stages import download, evaluate, preprocess, train
 from tests.conftest import write_params
 from tooling.processes import free_port

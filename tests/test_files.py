@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import (
     atomic_path,
     load_arrays,
@@ -139,7 +139,7 @@ def calls_in_code(name: str) -> list[str]:
     return [
         line.strip()
         for folder in PACKAGES
-        for path in (ROOT / folder).glob("*.py")
+        for path in (ROOT / folder).rglob("*.py")
         for line in path.read_text().splitlines()
         if f"{name}(" in line
     ]
@@ -155,7 +155,7 @@ def test_every_np_load_refuses_pickles_and_every_model_load_is_safe():
 WRITER = """
 import sys
 from pathlib import Path
-from mnist_dense.cli import run
+from mnist_dense.runtime.cli import run
 from mnist_dense.files import atomic_path
 
 def main():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dense.fit import EpochTrainer, run_epochs
+from mnist_dense.model.training import EpochTrainer, run_epochs
 
 
 def trainer(

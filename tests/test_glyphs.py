@@ -1,8 +1,8 @@
-"""Crossed 7s drawn onto training digits (mnist_dense/glyphs.py)."""
+"""Crossed 7s drawn onto training digits (mnist_dense/data/glyphs.py)."""
 
 import numpy as np
 
-from mnist_dense.glyphs import cross_sevens
+from mnist_dense.data.glyphs import cross_sevens
 from tooling.synthetic_mnist import sevens_and_ones
 
 

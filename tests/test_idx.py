@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnist_dense.idx import CHUNK, DEFLATE_MAX_RATIO, IdxError, parse_idx, read_idx
+from mnist_dense.data.idx import CHUNK, DEFLATE_MAX_RATIO, IdxError, parse_idx, read_idx
 from tooling.synthetic_mnist import idx_bytes, write_idx
 
 

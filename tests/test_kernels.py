@@ -1,18 +1,20 @@
 """The kernel path (train.kernels): chosen by the project before the numerical libraries load,
 the same bits whatever the CPU would have chosen, and recorded; and a quiet start-up."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from mnist_dense import eigen_caches, kernels, quiet
-from mnist_dense.cli import PipelineError
-from mnist_dense.params import load_params, parse_params
-from mnist_dense.provenance import cache_difference, file_md5
+from mnist_dense.config import load_params, parse_params
+from mnist_dense.errors import KernelPathError, PipelineError
+from mnist_dense.runtime import eigen_caches, kernels, quiet
+from mnist_dense.tracking.provenance import cache_difference, file_md5
 from stages import preprocess, train
 from tests.conftest import ROOT, tiny_params, write_params
 
@@ -73,7 +75,7 @@ def test_a_program_not_ours_gets_the_users_own_environment(fresh):
 
 
 def test_another_path_once_tensorflow_loaded_is_refused_or_warned(capsys):
-    with pytest.raises(kernels.KernelPathError, match="run it as a process of its own"):
+    with pytest.raises(KernelPathError, match="run it as a process of its own"):
         kernels.select("native")
     kernels.select("native", strict=False)  # a served model trained natively: a warning
     assert "warning: train.kernels=native: TensorFlow already loaded" in capsys.readouterr().err
@@ -145,6 +147,17 @@ def simulated_cpu(mode: str, cap: str | None, rewrites: str) -> dict[str, str]:
     return env | {"TF_ENABLE_ONEDNN_OPTS": rewrites} | ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
 
 
+def portable_cases(least: int = 4) -> list[tuple[str | None, str]]:
+    """(cap, rewrites) of the portable trainings: every cap this CPU allows once, the CPU's own
+    with the rewrites on (TensorFlow's default) and the next with them off, and so on
+    alternating, so that each choice the portable path must override is made by some run;
+    then other pairs until there are `least` (on a CPU with few caps)."""
+    caps = caps_this_cpu_allows()[::-1]  # None (the CPU's own) first
+    cases = [(cap, "10"[number % 2]) for number, cap in enumerate(caps)]
+    others = [(cap, rewrites) for cap in caps for rewrites in "10" if (cap, rewrites) not in cases]
+    return cases + others[: max(0, least - len(cases))]
+
+
 def test_the_portable_path_blocks_every_product_by_the_pinned_cache_sizes():
     """Eigen's sizes in both of TensorFlow's libraries are ours, after products have run, and
     the CPU's own are what Eigen's cpuid reader reports (recorded with every run)."""
@@ -193,9 +206,10 @@ def test_a_cache_difference_is_named_l2_first(then, here, named):
 
 BLOCKED_PRODUCT = """
 import hashlib, os
-import mnist_dense  # params.yaml: kernels native, so nothing is pinned at load (the portable
+from mnist_dense.runtime.process import prepare
+prepare()  # params.yaml: kernels native, so nothing is pinned at load (the portable
 # path's other settings come from the environment the test gives)
-from mnist_dense import eigen_caches
+from mnist_dense.runtime import eigen_caches
 import numpy as np
 import tensorflow as tf
 if os.environ.get("SIZES"):
@@ -244,7 +258,7 @@ def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_n
     is forced by the environment such a CPU would give, one process each. The portable path
     ignores them all; the native one follows them (so this test can fail on any CPU)."""
     preprocess.preprocess(load_params().preprocess)
-    runs = [("portable", cap, rewrites) for cap in caps_this_cpu_allows() for rewrites in "01"]
+    runs = [("portable", cap, rewrites) for cap, rewrites in portable_cases()]
     runs += [("native", None, "1"), ("native", "AVX2", "0")]  # rewrites on against off
 
     def model_md5(number: int) -> str:
@@ -268,11 +282,12 @@ def test_portable_bits_are_the_same_on_every_simulated_cpu_and_native_ones_are_n
 SCORE = """
 import os
 os.sched_setaffinity(0, {cores})  # the cores a machine would have, before TensorFlow loads
-import mnist_dense  # the project's kernel path
+from mnist_dense.runtime.process import prepare
+prepare()  # the project's kernel path
 import hashlib
 import keras
 import numpy as np
-from mnist_dense.model import configure_threads, predict
+from mnist_dense.model.network import configure_threads, predict
 configure_threads({threads})
 keras.utils.set_random_seed(0)
 layers = [keras.Input((784,)), keras.layers.Dense(512, "relu"), keras.layers.Dense(10, "softmax")]
@@ -336,8 +351,8 @@ def test_a_stage_prints_only_its_own_lines(workdir, run_stage):
 def test_tensorflows_real_errors_still_show(workdir, run_stage):
     preprocess.preprocess(load_params().preprocess)
     huge = (  # past params.yaml's bounds, which would refuse it: train's params set directly
-        "from mnist_dense.params import load_params\n"
-        "from mnist_dense.cli import run\n"
+        "from mnist_dense.config import load_params\n"
+        "from mnist_dense.runtime.cli import run\n"
         "from stages import train\n"
         "valid = load_params()\n"
         "big = valid.train.model_copy(update={'hidden_units': [2**31 - 1, 2**31 - 1]})\n"
@@ -351,15 +366,66 @@ def test_tensorflows_real_errors_still_show(workdir, run_stage):
     assert "absl::InitializeLog" not in result.stderr
 
 
-def test_every_entry_point_imports_the_library_first():
-    """stages/, commands/, bench/ and tests/ load mnist_dense before any third-party module."""
+def test_every_entry_point_prepares_the_process_before_anything_else():
+    """stages/, commands/, bench/ and tests/ set the process up in one call, before any
+    third-party module can load."""
     for package in ("stages", "commands", "bench", "tests"):
         lines = (ROOT / package / "__init__.py").read_text().splitlines()
-        imports = [line for line in lines if line.startswith(("import ", "from "))]
-        assert imports[:1] == [
-            "import mnist_dense  # noqa: F401  (first: the kernel path and "
-            "quiet start-up, mnist_dense/__init__.py)"
+        code = [line for line in lines if line and not line.startswith(('"""', " ", "#"))]
+        code = [line for line in code if not line.endswith('"""')]
+        assert code[:2] == [
+            "from mnist_dense.runtime.process import prepare",
+            "prepare()  # first: the kernel path and a quiet start-up, before any library loads",
         ], package
+
+
+ENVIRONMENT_PROBE = """
+import importlib, json, os, pkgutil, sys
+before = dict(os.environ)
+{setup}
+import mnist_dense
+names = [m.name for m in pkgutil.walk_packages(mnist_dense.__path__, "mnist_dense.")]
+for name in names:
+    importlib.import_module(name)
+changed = [k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)]
+print(json.dumps({{
+    "modules": len(names),
+    "changed": sorted(changed),
+    "finders": sum(type(f).__module__.startswith("mnist_dense") for f in sys.meta_path),
+}}))
+"""
+
+
+def environment_after(tmp_path: Path, setup: str = "") -> dict:
+    """What `setup`, then importing every module of the library, changed in a process whose
+    folder holds a params.yaml asking for the portable path."""
+    (tmp_path / "params.yaml").write_text("train:\n  kernels: portable\n")
+    env = {k: v for k, v in os.environ.items() if k not in kernels.PORTABLE_ENV}
+    env = {k: v for k, v in env.items() if not k.startswith(("MLFLOW_", "MNIST_", "DO_NOT"))}
+    result = subprocess.run(
+        [sys.executable, "-c", ENVIRONMENT_PROBE.format(setup=setup)],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_importing_every_module_of_the_library_changes_nothing_in_the_process(tmp_path):
+    imported = environment_after(tmp_path)
+    assert imported["modules"] > 20
+    assert imported["changed"] == [] and imported["finders"] == 0, imported
+
+
+def test_prepare_sets_the_kernel_path_quiet_start_up_and_telemetry(tmp_path):
+    """The control: the entry points' one call, then the same imports, changes what it says."""
+    prepared = environment_after(
+        tmp_path, "from mnist_dense.runtime.process import prepare\nprepare()"
+    )
+    assert {"TF_ENABLE_ONEDNN_OPTS", "MLFLOW_DISABLE_TELEMETRY"} <= set(prepared["changed"])
+    assert prepared["finders"] == 1, prepared
 
 
 def test_importing_the_library_loads_neither_numpy_nor_tensorflow(tmp_path):

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from commands.lock import (
+from tests.conftest import BIN, ROOT
+from tooling.lock import (
     direct_requirements,
     disagreements,
     installed,
@@ -16,7 +17,6 @@ from commands.lock import (
     locked_as_direct,
     venv_differences,
 )
-from tests.conftest import BIN, ROOT
 
 IN, LOCK = ROOT / "requirements.in", ROOT / "requirements.txt"
 

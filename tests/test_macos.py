@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from mnist_dense import kernels, provenance
+from mnist_dense.runtime import kernels
+from mnist_dense.tracking import provenance
 from tests.conftest import ROOT
 from tooling import processes
 

@@ -1,23 +1,22 @@
-"""Deskewing and pen-width normalization (mnist_dense/normalize.py), at preprocess and predict."""
+"""Deskewing and pen-width normalization (mnist_dense/data/normalize.py), in preprocess and
+predict."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from mnist_dense.digit_image import centre_of_mass, load_digit, to_mnist
-from mnist_dense.model import build_model, save_model
-from mnist_dense.normalize import (
-    AS_DRAWN,
-    Normalization,
+from mnist_dense.config import AS_DRAWN, Normalization, PreprocessParams, TrainParams
+from mnist_dense.data.normalize import (
     deskew,
     normalize,
     read_normalization,
     set_stroke_width,
     stroke_widths,
 )
-from mnist_dense.params import PreprocessParams, TrainParams
-from mnist_dense.served_model import read_rows
+from mnist_dense.model.network import build_model, save_model
+from mnist_dense.serving.digit_image import centre_of_mass, load_digit, to_mnist
+from mnist_dense.serving.served_model import read_rows
 from stages.preprocess import preprocess
 from tests.conftest import TINY_PARAMS
 from tooling.synthetic_mnist import synthetic_digits, write_idx

@@ -4,8 +4,8 @@ import math
 import pytest
 import yaml
 
-from mnist_dense.cli import PipelineError
-from mnist_dense.params import Params, flatten, load_params, parse_params
+from mnist_dense.config import Params, flatten, load_params, parse_params
+from mnist_dense.errors import PipelineError
 from tests.conftest import ROOT, TINY_PARAMS, tiny_params
 
 

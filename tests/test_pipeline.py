@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnist_dense import kernels
-from mnist_dense.model import load_model
-from mnist_dense.provenance import cpu_vendor, dvc_lock_outputs, file_md5
-from mnist_dense.registry import ALIAS, MODEL_NAME
-from mnist_dense.served_model import example_image
+from mnist_dense.model.network import load_model
+from mnist_dense.runtime import kernels
+from mnist_dense.serving.served_model import example_image
+from mnist_dense.tracking.provenance import cpu_vendor, dvc_lock_outputs, file_md5
+from mnist_dense.tracking.registry import ALIAS, MODEL_NAME
 from tests.conftest import (
     BIN,
     DVC,

@@ -8,7 +8,7 @@ import re
 import yaml
 
 from commands.plots import OFFLINE, drawn, render
-from mnist_dense.paths import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED_PNG
+from mnist_dense.config import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED_PNG
 from tests.conftest import EXPERIMENTS, ROOT
 from tooling import browser
 

@@ -15,16 +15,16 @@ from PIL import Image, ImageDraw
 
 from commands import predict
 from commands.predict import predict_files
-from mnist_dense.cli import PipelineError
-from mnist_dense.digit_image import (
+from mnist_dense.config import TrainParams, parse_params
+from mnist_dense.errors import PipelineError
+from mnist_dense.model.network import build_model, save_model
+from mnist_dense.serving.digit_image import (
     DigitImageError,
     centre_of_mass,
     load_digit,
     read_grayscale,
     to_mnist,
 )
-from mnist_dense.model import build_model, save_model
-from mnist_dense.params import TrainParams, parse_params
 from stages import preprocess, train
 from tests.conftest import TINY_PARAMS, tiny_params, write_params
 
@@ -353,7 +353,8 @@ def test_a_store_that_has_no_such_model_is_named_without_its_password(
     tmp_path, predict_cli, monkeypatch
 ):
     """The team stack's store URI carries a password: the error shows it masked."""
-    from mnist_dense import served_model, store
+    from mnist_dense.serving import served_model
+    from mnist_dense.tracking import store
 
     def unknown(source: str, folder: Path) -> Path:
         raise LookupError("Registered model alias champion not found.")

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.config import PROCESSED_DIR, RAW_DIR, Normalization, parse_params
+from mnist_dense.data.normalize import normalize
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import load_arrays
-from mnist_dense.normalize import Normalization, normalize
-from mnist_dense.params import parse_params
-from mnist_dense.paths import PROCESSED_DIR, RAW_DIR
 from stages.preprocess import preprocess
 from tests.conftest import tiny_params
 from tooling.synthetic_mnist import sevens_and_ones, synthetic_digits, write_idx

@@ -1,20 +1,14 @@
+import json
 import shlex
 
 import numpy as np
 import pytest
 import yaml
 
-from commands.presets import (
-    absolute_overrides,
-    apply,
-    exp_command,
-    load_presets,
-    markdown_table,
-    real_use_table,
-)
-from mnist_dense.cli import PipelineError
-from mnist_dense.params import parse_params
-from tests.conftest import ROOT, copy_of, experiments, output, python_module
+from commands.presets import absolute_overrides, exp_command, markdown_table, real_use_table
+from mnist_dense.config import apply, load_presets, parse_params
+from mnist_dense.errors import PipelineError
+from tests.conftest import DVC, ROOT, copy_of, experiments, output, python_module
 from tooling.processes import sh
 
 PRESET_NAMES = ["seed-notebook", "onehot-adam-5", "sgd-onehot", "default", "best"]
@@ -123,20 +117,33 @@ def preset_params(project, env, *names: str) -> dict:
     return experiments(project, env)[names[-1]]["params"]["params.yaml"]["data"]
 
 
+def committed_params(project, env) -> dict:
+    """The params of the project's HEAD, as `dvc exp show` records them."""
+    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=project, env=env).stdout)
+    (head,) = [rev for rev in shown if rev["rev"] != "workspace"]
+    return head["data"]["params"]["params.yaml"]["data"]
+
+
 def test_two_presets_back_to_back_give_the_second_as_a_clean_checkout_does(built_project, tmp_path):
+    """A clean checkout runs the second preset as `-S` of its own overrides on the committed
+    params (test_a_preset_resets_what_an_earlier_experiment_left_in_params_yaml: the overrides
+    unchanged when nothing was left; test_exp_command_sets_every_override_and_the_seed: the
+    command), so its experiment's params are the committed ones with those overrides; after
+    the first preset, the second's must be the same."""
     folder, env = built_project
-    runs = {}
-    for case, names in {"after first": ("first", "second"), "clean": ("second",)}.items():
-        project = copy_of(folder, tmp_path / case.replace(" ", "-"))
-        (project / "presets.yaml").write_text(TWO_PRESETS)
-        sh("git", "commit", "-qam", "two presets", cwd=project, env=env)
-        runs[case] = preset_params(project, env, *names)
-    assert runs["after first"]["preprocess"]["split"] == "stratified"
-    assert runs["after first"] == runs["clean"]
+    project = copy_of(folder, tmp_path / "project")
+    (project / "presets.yaml").write_text(TWO_PRESETS)
+    sh("git", "commit", "-qam", "two presets", cwd=project, env=env)
+    clean = apply(
+        committed_params(project, env), yaml.safe_load(TWO_PRESETS)["second"]["overrides"]
+    )
+    after_first = preset_params(project, env, "first", "second")
+    assert after_first["preprocess"]["split"] == "stratified"
+    assert after_first == clean
 
 
 def test_every_preset_validates_on_the_same_digits_so_the_registry_compares_them():
-    from stages.preprocess import split_indices
+    from mnist_dense.data.mnist import split_indices
 
     committed = yaml.safe_load((ROOT / "params.yaml").read_text())
     labels = np.arange(60_000) % 10

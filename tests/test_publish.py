@@ -10,11 +10,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from commands import sync_runs
-from mnist_dense import publish
-from mnist_dense.params import load_params
-from mnist_dense.paths import MODEL, TEST_METRICS
-from mnist_dense.registry import MODEL_NAME
-from mnist_dense.run_log import RECORDS, pending_busy, pending_root
+from mnist_dense.config import MODEL, TEST_METRICS, load_params
+from mnist_dense.tracking import publish
+from mnist_dense.tracking.journal import RECORDS, pending_busy, pending_root
+from mnist_dense.tracking.registry import MODEL_NAME
 from stages import evaluate
 
 
@@ -46,7 +45,7 @@ def test_the_training_run_holds_no_model_until_evaluate_publishes_it(trained, ca
 def test_publishing_twice_adds_no_second_model_or_version(trained):
     run_id, client = trained
     evaluate.evaluate(load_params())
-    record = {"key": publish.MODEL_KEY, "kind": "publish"} | publish_record()
+    record = publish.PublishRecord(key=publish.MODEL_KEY, **publish_record())
     files = {publish.MODEL_KEY: MODEL.read_bytes()}
     publish.send(client, run_id, record, files)  # a re-send, as make sync-runs after a timeout
     models, versions = models_and_versions(client, run_id)
@@ -84,8 +83,7 @@ def test_a_store_that_refuses_the_model_keeps_it_for_sync_runs(
     assert pending_busy(kept) is None  # given up on: sync-runs may send it now
     assert models_and_versions(client, run_id) == ([], [])
 
-    monkeypatch.setattr(publish, "send", real_send)
-    monkeypatch.setitem(publish.SENDERS, "publish", real_send)
+    monkeypatch.setattr(publish, "send", real_send)  # the store is back
     result = call_main(sync_runs.main)
     assert result.code == 0, result.err
     assert "registry: promoted: the first version" in result.out
@@ -114,5 +112,5 @@ def test_the_model_is_on_disk_before_it_is_sent_and_gone_once_the_store_took_it(
     monkeypatch.setattr(publish, "send", sending)
     publish.publish("http://127.0.0.1:9", "0" * 32, keras_file, publish_record())
     ((record,),) = [saved["records"] for saved in seen]
-    assert record["kind"] == "publish" and record["key"] == publish.MODEL_KEY
+    assert record == {"kind": "publish", "key": publish.MODEL_KEY} | publish_record()
     assert list(pending_root().iterdir()) == []

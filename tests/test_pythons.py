@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench import emulated_cpus
 from tests.conftest import BIN, ROOT
-from tooling.synthetic_mnist import synthetic_digits
+from tooling.synthetic_mnist import write_processed
 
 SUPPORTED = ("3.11", "3.12", "3.13")  # pyproject.toml's requires-python, the README's promise
 SIZES = {"train": 512, "val": 256, "test": 2000}
@@ -59,13 +58,7 @@ def venvs(tmp_path_factory) -> dict[str, str]:
 
 @pytest.mark.slow  # two venvs from the lock, three trainings as processes
 def test_every_supported_python_installs_the_lock_and_trains_the_same_bits(venvs, tmp_path):
-    processed = tmp_path / "processed"
-    processed.mkdir()
-    for part, (x_name, y_name) in emulated_cpus.ARRAYS.items():
-        images, labels = synthetic_digits(SIZES[part], seed=len(part))
-        pixels = images.reshape(len(images), -1).astype(np.float32) / 255
-        np.save(processed / f"{x_name}.npy", pixels, allow_pickle=False)
-        np.save(processed / f"{y_name}.npy", labels, allow_pickle=False)
+    processed = write_processed(tmp_path / "processed", SIZES)
     rows = {}
     for version, python in venvs.items():
         folder = tmp_path / version

@@ -1,5 +1,6 @@
 """The model registry on the real pipeline: every evaluated model a version of `mnist-dense`,
-`champion` moved by the rule or by hand, and the champion served, reading image files."""
+`champion` moved by the rule (through `dvc exp run`, and in process where DVC adds nothing to
+what is tested) or by hand, and the champion served, reading image files."""
 
 import base64
 import json
@@ -14,8 +15,18 @@ import pytest
 from PIL import Image
 
 from commands import predict, registry
-from mnist_dense.registry import ALIAS, MODEL_NAME, Standing, decide
-from tests.conftest import champion_version, client_of, exp_run, sh, tracking_store, versions
+from mnist_dense.config import load_params
+from mnist_dense.tracking.registry import ALIAS, MODEL_NAME, Standing, decide
+from stages import evaluate, preprocess, train
+from tests.conftest import (
+    champion_version,
+    client_of,
+    exp_run,
+    sh,
+    tracking_store,
+    versions,
+    write_params,
+)
 from tests.servers import post
 
 
@@ -67,19 +78,44 @@ def test_a_worse_model_becomes_a_version_but_not_the_champion(project):
     assert f"registry: kept version {champion}" in output
 
 
-def test_a_model_normalized_otherwise_on_the_same_digits_is_compared(project):
-    version, _, incumbent, _ = new_version(project, "registry-deskewed", "preprocess.deskew=true")
+@pytest.fixture
+def first_version(trained):
+    """The `trained` training evaluated in this process: version 1, the champion; a client on
+    the working folder's store."""
+    _, client = trained
+    evaluate.evaluate(load_params())
+    assert champion_version(client) == "1"
+    return client
+
+
+def evaluated_again(client, **overrides: dict):
+    """Preprocess, train and evaluate once more in the working folder, in this process, with
+    params changed (`preprocess={"deskew": True}`): the version it registered and the champion
+    before it. The rule runs here as under `dvc exp run`, which only adds processes
+    (test_a_worse_model_becomes_a_version_but_not_the_champion runs one)."""
+    before, champion = set(versions(client)), champion_version(client)
+    write_params(Path.cwd(), tracking={"enabled": True}, **overrides)
+    preprocess.preprocess(load_params().preprocess)
+    train.main()
+    evaluate.evaluate(load_params())
+    (added,) = set(versions(client)) - before
+    return versions(client)[added], versions(client)[champion]
+
+
+def test_a_model_normalized_otherwise_on_the_same_digits_is_compared(first_version):
+    version, incumbent = evaluated_again(first_version, preprocess={"deskew": True})
     assert version.tags["validation.digest"] == incumbent.tags["validation.digest"]
     assert version.tags["champion.decision"].startswith(("promoted: val_accuracy", "kept version"))
 
 
-def test_a_model_validated_on_other_data_is_not_compared_automatically(project):
-    version, champion, _, _ = new_version(
-        project, "registry-other-split", "preprocess.val_fraction=0.3"
-    )
+def test_a_model_validated_on_other_data_is_not_compared_automatically(first_version):
+    version, incumbent = evaluated_again(first_version, preprocess={"val_fraction": 0.3})
+    assert version.tags["validation.digest"] != incumbent.tags["validation.digest"]
     decision = version.tags["champion.decision"]
-    assert decision.startswith(f"not compared with champion version {champion}: validated on")
-    assert champion_version(client_of(project[0])) == champion
+    assert decision.startswith(
+        f"not compared with champion version {incumbent.version}: validated on"
+    )
+    assert champion_version(first_version) == str(incumbent.version)
 
 
 @pytest.fixture

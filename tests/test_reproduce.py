@@ -124,7 +124,8 @@ def test_a_run_made_on_another_kernel_path_names_it_as_the_reason(
     result = call_main(reproduce.main, run_id)
     assert result.code == 1
     (reasons,) = [line for line in result.out.splitlines() if line.startswith("likely reasons:")]
-    assert f"another kernel path (mnist_dense/kernels.py): {then} then, {here} here" in reasons
+    expected = f"another kernel path (mnist_dense/runtime/kernels.py): {then} then, {here} here"
+    assert expected in reasons
 
 
 def test_an_unknown_run_is_one_line(recorded, call_main):

@@ -18,18 +18,28 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from commands import sync_runs
-from mnist_dense import run_log
-from mnist_dense.run_log import (
+from mnist_dense.tracking import run_log
+from mnist_dense.tracking.journal import (
     FILES,
     JOURNAL,
     RECORDS,
     Journal,
-    RunLog,
+    _process_state,
+    adopt,
     pending_root,
     read_journal,
     this_process,
     writer_busy,
 )
+from mnist_dense.tracking.records import (
+    EndRecord,
+    FileRecord,
+    InputsRecord,
+    KilledRecord,
+    MetricsRecord,
+    TagsRecord,
+)
+from mnist_dense.tracking.run_log import RunLog
 
 DOWN = "http://127.0.0.1:9"  # a store the tests never reach: run_log.send is made to fail
 
@@ -74,13 +84,8 @@ def dead_writer() -> dict[str, object]:
     return this_process() | {"pid": int(gone.stdout), "started": "long ago"}
 
 
-def metrics(step: int) -> dict:
-    return {
-        "kind": "metrics",
-        "values": {"val_accuracy": step / 10},
-        "step": step,
-        "timestamp": step,
-    }
+def metrics(step: int) -> MetricsRecord:
+    return MetricsRecord({"val_accuracy": step / 10}, step=step, timestamp=step)
 
 
 def steps(client: MlflowClient, run_id: str) -> list[int]:
@@ -135,7 +140,7 @@ def test_the_journal_is_only_appended_to(in_project, store_down):
             before = after
         header, records, warnings = read_journal(folder)
         assert header["run_id"] == "0" * 32 and header["writer"]["pid"] == os.getpid()
-        assert [r["step"] for r in records] == [1, 2, 3] and warnings == []
+        assert [r.step for r in records] == [1, 2, 3] and warnings == []
     finally:
         log.close(wait_s=0)
     # closed with records unsent: only what is left, as records.json; the journal is gone
@@ -163,9 +168,58 @@ def test_a_torn_last_line_is_left_out_with_a_warning_and_sent_records_are_not_se
     with open(journal.folder / JOURNAL, "ab") as torn:  # the process died in mid-line
         torn.write(b'{"seq":3,"record":{"kind":"metr')
     _, records, warnings = read_journal(journal.folder)
-    assert [r["step"] for r in records] == [2, 3]
+    assert records == [metrics(2), metrics(3)]
     (warning,) = warnings
     assert "left out a partial last line (31 bytes)" in warning
+
+
+# Each kind of record on disk: {"kind": ..., its fields}, as kept logs already hold them
+SAVED = [
+    {"kind": "metrics", "values": {"val_accuracy": 0.5}, "step": 1, "timestamp": 1700000000000},
+    {"kind": "tags", "tags": {"git.commit": "abc"}},
+    {"kind": "file", "key": "0-curves.png", "artifact_file": "figures/curves.png"},
+    {
+        "kind": "inputs",
+        "datasets": [
+            {"name": "mnist-train", "digest": "d", "source": "s", "context": "training",
+             "profile": '{"num_rows": 2}'}
+        ],
+    },
+    {"kind": "end", "status": "FINISHED"},
+]  # fmt: skip
+TYPED = [
+    MetricsRecord({"val_accuracy": 0.5}, step=1, timestamp=1700000000000),
+    TagsRecord({"git.commit": "abc"}),
+    FileRecord(key="0-curves.png", artifact_file="figures/curves.png"),
+    InputsRecord(
+        [{"name": "mnist-train", "digest": "d", "source": "s", "context": "training",
+          "profile": '{"num_rows": 2}'}]
+    ),
+    EndRecord("FINISHED"),
+]  # fmt: skip
+
+
+def test_records_are_kept_and_read_back_in_the_journals_json_format(in_project):
+    journal = Journal.create(DOWN, "0" * 32, writer=dead_writer())
+    for seq, record in enumerate(TYPED):
+        journal.record(seq, record, {"0-curves.png": b"png bytes"})
+    journal.close()
+    lines = (journal.folder / JOURNAL).read_text().splitlines()
+    assert [json.loads(line) for line in lines[1:]] == [
+        {"seq": seq, "record": saved} for seq, saved in enumerate(SAVED)
+    ]
+    assert lines[1] == json.dumps({"seq": 0, "record": SAVED[0]}, separators=(",", ":"))
+    _, records, _ = read_journal(journal.folder)
+    assert records == TYPED
+
+    # without its last line, the run's end: a process that died before it ended its run
+    with open(journal.folder / JOURNAL, "w") as rewritten:
+        rewritten.write("\n".join(lines[:-1]) + "\n")
+    _, kept, _ = adopt(journal.folder)
+    assert kept == [*TYPED[:-1], KilledRecord()]
+    saved = json.loads((journal.folder / RECORDS).read_text())
+    assert saved["records"] == [*SAVED[:-1], {"kind": "killed"}]
+    assert [p.name for p in (journal.folder / FILES).iterdir()] == ["0-curves.png"]
 
 
 # Sending the journal of a process that died ------------------------------------------------
@@ -178,7 +232,7 @@ def test_a_dead_processs_journal_is_sent_and_its_run_marked_killed(store, call_m
     client.log_metric(run_id, "val_accuracy", 0.1, timestamp=1, step=1)  # the store took it...
     journal.sent(0)  # ...and said so
     journal.record(1, metrics(2), {})
-    file_record = {"kind": "file", "key": "0-curves.png", "artifact_file": "figures/curves.png"}
+    file_record = FileRecord(key="0-curves.png", artifact_file="figures/curves.png")
     journal.record(2, file_record, {"0-curves.png": b"png bytes"})
     journal.record(3, metrics(3), {})
     journal.close()
@@ -212,7 +266,7 @@ def test_a_run_that_was_ended_is_not_marked_killed(
     journal = Journal.create(uri, run_id, writer=dead_writer())
     journal.record(0, metrics(1), {})
     if journaled_end:
-        journal.record(1, {"kind": "end", "status": journaled_end}, {})
+        journal.record(1, EndRecord(journaled_end), {})
     journal.close()
     result = call_main(sync_runs.main)
     assert result.code == 0, result.err
@@ -248,11 +302,11 @@ def test_a_reused_pid_a_reboot_or_a_zombie_is_no_live_writer():
     assert writer_busy(dead_writer()) is None
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        started = run_log._process_state(child.pid)[1]
+        started = _process_state(child.pid)[1]
         assert writer_busy(me | {"pid": child.pid, "started": started}) is not None
         os.kill(child.pid, signal.SIGKILL)  # not yet reaped: a zombie, dead all the same
         deadline = time.monotonic() + 10
-        while run_log._process_state(child.pid)[0] != "Z" and time.monotonic() < deadline:
+        while _process_state(child.pid)[0] != "Z" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert writer_busy(me | {"pid": child.pid, "started": started}) is None
     finally:

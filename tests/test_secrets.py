@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from commands import tune
-from mnist_dense import served_model
 from mnist_dense.files import private_folder, write_private
-from mnist_dense.run_log import PendingError, RunLog, pending_root, send_pending, unmasked
-from mnist_dense.store import masked
+from mnist_dense.serving import served_model
+from mnist_dense.tracking.journal import PendingError, pending_root, send_pending, unmasked
+from mnist_dense.tracking.run_log import RunLog
+from mnist_dense.tracking.store import HTTP_SETTINGS, masked
 from tooling import browser
 from tooling.processes import free_port
 
@@ -41,6 +42,8 @@ def test_a_secret_file_is_its_owners_alone_from_the_start(tmp_path):
 def test_a_kept_log_holds_no_password_and_is_sent_only_to_the_same_store(
     workdir, monkeypatch, capsys
 ):
+    for variable, value in HTTP_SETTINGS.items():  # as store.connect sets them for a stage
+        monkeypatch.setenv(variable, value)
     uri = f"http://mlflow:s3cret@127.0.0.1:{free_port()}"  # nothing listens: the store is down
     log = RunLog(uri, "0" * 32)
     log.metrics({"val_accuracy": 0.5}, step=1)
@@ -85,7 +88,7 @@ def test_chromium_keeps_its_sandbox_unless_run_as_root():
 @pytest.mark.parametrize(("switch", "disabled"), [({}, "true"), ({"MNIST_TELEMETRY": "1"}, None)])
 def test_telemetry_is_off_in_every_process_unless_allowed(tmp_path, switch, disabled):
     """The entry point turns MLflow's usage reports off, for itself and what it starts."""
-    probe = "import os, mnist_dense; print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'))"
+    probe = "import os, stages; print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'))"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY",)}
     env.pop("DO_NOT_TRACK", None)
     result = subprocess.run(

@@ -19,8 +19,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist_dense.params import load_params
-from mnist_dense.paths import HISTORY, MODEL, RUN_INFO, TRAIN_METRICS
+from mnist_dense.config import HISTORY, MODEL, RUN_INFO, TRAIN_METRICS, load_params
 from stages.preprocess import preprocess
 from tests.conftest import python_module, write_params
 from tests.servers import gaps, train_with_outage

@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import subprocess
@@ -8,7 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_dense.model import (
+from mnist_dense.config import (
+    HISTORY,
+    MODEL,
+    PER_CLASS,
+    PREDICTIONS,
+    RUN_INFO,
+    TEST_METRICS,
+    TRAIN_METRICS,
+    load_params,
+    parse_params,
+)
+from mnist_dense.model.network import (
     FusedAdam,
     _number_shared_objects,
     build_model,
@@ -17,19 +29,10 @@ from mnist_dense.model import (
     make_optimizer,
     predict,
 )
-from mnist_dense.params import load_params, parse_params
-from mnist_dense.paths import (
-    HISTORY,
-    MODEL,
-    PER_CLASS,
-    PREDICTIONS,
-    RUN_INFO,
-    TEST_METRICS,
-    TRAIN_METRICS,
-)
+from mnist_dense.model.training import EpochTrainer
 from stages.evaluate import evaluate, score
 from stages.preprocess import preprocess
-from stages.train import train
+from stages.train import main as train_stage
 from tests.conftest import ROOT, sha256, tiny_params, write_params
 
 
@@ -107,7 +110,7 @@ def test_cosine_schedule_decays_to_zero_along_a_half_cosine():
 
 
 def test_train_writes_model_history_and_metrics(processed):
-    train(load_params())
+    train_stage()
     history = pd.read_csv(HISTORY)
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
     assert history["epoch"].tolist() == [1, 2, 3]
@@ -144,16 +147,32 @@ def test_saved_model_config_numbers_shared_objects_by_appearance():
     }
 
 
+def test_the_training_loop_is_three_calls_below_the_stages_main(processed, monkeypatch):
+    """main -> training.train -> run_epochs, whose loop calls each epoch: what a reader
+    follows from the stage to the gradient steps."""
+    callers: list[list[str]] = []
+    train_epoch = EpochTrainer.train_epoch
+
+    def spy(trainer: EpochTrainer, epoch: int) -> dict[str, float]:
+        names = [frame.function for frame in inspect.stack(context=0)[1:]]
+        callers.append(names[: names.index("main") + 1][::-1])
+        return train_epoch(trainer, epoch)
+
+    monkeypatch.setattr(EpochTrainer, "train_epoch", spy)
+    train_stage()
+    assert callers and callers[0] == ["main", "train", "run_epochs"]
+
+
 def test_another_seed_gives_other_weights(processed):
-    train(load_params())
+    train_stage()
     first = sha256(MODEL)
     write_params(processed, train={"seed": 1})
-    train(load_params())
+    train_stage()
     assert sha256(MODEL) != first
 
 
 def test_evaluate_scores_the_model_on_the_test_set(processed):
-    train(load_params())
+    train_stage()
     metrics = evaluate(load_params())
     assert json.loads(TEST_METRICS.read_text()) == metrics
     assert set(metrics) == {"test_accuracy", "test_loss", "test_macro_f1"}
@@ -167,7 +186,7 @@ def test_evaluate_scores_the_model_on_the_test_set(processed):
 
 
 def test_evaluate_scores_on_the_threads_the_params_give(processed, monkeypatch):
-    train(load_params())
+    train_stage()
     asked = []
     monkeypatch.setattr("stages.evaluate.configure_threads", asked.append)
     evaluate(load_params())
@@ -177,7 +196,7 @@ def test_evaluate_scores_on_the_threads_the_params_give(processed, monkeypatch):
 def test_categorical_loss_trains_on_integer_labels_and_evaluates(workdir):
     write_params(workdir, train={"loss": "categorical_crossentropy"})
     preprocess(load_params().preprocess)
-    train(load_params())
+    train_stage()
     assert evaluate(load_params())["test_accuracy"] > 0.5
 
 
@@ -240,9 +259,9 @@ def test_training_with_distortions_and_batch_norm_is_reproducible(processed):
         train={"batch_norm": True, "label_smoothing": 0.1, "epochs": 2},
         augment={"rotation": 10.0, "scale": 0.1, "shift": 2.0, "elastic_alpha": 20.0},
     )
-    train(load_params())
+    train_stage()
     first, history = sha256(MODEL), pd.read_csv(HISTORY)
-    train(load_params())
+    train_stage()
     assert sha256(MODEL) == first
     assert history["val_accuracy"].iloc[-1] > 0.3  # learns through the distortions
 
@@ -268,8 +287,8 @@ def test_mixed_bfloat16_training_is_deterministic_and_keeps_float32_outputs(proc
 def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(
     processed, monkeypatch, run_stage
 ):
-    from mnist_dense import model as model_module
-    from mnist_dense.kernels import cpu_flags
+    from mnist_dense.model import network as model_module
+    from mnist_dense.runtime.kernels import cpu_flags
 
     monkeypatch.delenv("MNIST_BF16", raising=False)
     monkeypatch.setattr(model_module, "cpu_flags", lambda: ["avx2", "avx512f"])
@@ -291,7 +310,7 @@ def test_mixed_bfloat16_falls_back_to_float32_where_bfloat16_is_emulated(
 def test_the_benchs_plain_keras_baseline_runs_where_params_ask_for_portable_kernels(processed):
     """bench/baseline.py is plain Keras on the CPU's own kernels; in a folder whose params.yaml
     asks for the portable path, as make bench's folders do, it must still run."""
-    from mnist_dense import kernels
+    from mnist_dense.runtime import kernels
 
     env = kernels.outside_environment(dict(os.environ))  # as bench/bench.py starts it, by path
     args = ("--hidden", "16", "--epochs", "2", "--batch-size", "32", "--learning-rate", "0.01")

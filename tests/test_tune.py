@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from commands import tune as tune_command
 from commands.tune import Dimension, load_space, searched
-from mnist_dense.cli import PipelineError
+from mnist_dense.errors import PipelineError
 from tests.conftest import ROOT, exp_run, experiments
 
 SPACE = {
@@ -283,22 +283,6 @@ def _trials_or_none(storage: str, name: str) -> list:
         return optuna.load_study(study_name=name, storage=storage).trials
     except KeyError:
         return []
-
-
-def test_two_workers_share_one_study_in_postgresql(searchable, postgres):
-    folder, env = searchable
-    env = env | {"MNIST_TUNE_STORAGE": postgres}  # its password: never on a command line
-    workers = [tune(folder, env, "--trials", "1", "--study", "shared") for _ in range(2)]
-    for worker in workers:
-        finish(worker)
-    trials = optuna.load_study(study_name="shared", storage=postgres).trials
-    assert sorted(t.number for t in trials) == [0, 1]  # one each, from the one study
-    names = [t.user_attrs["dvc_exp"] for t in trials]
-    assert sorted(names) == ["shared-0", "shared-1"]
-    done = {t.user_attrs["dvc_exp"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
-    assert done <= set(experiments(folder, env))
-    runs = [r.info.run_name for r in children(folder, "shared") if "optuna.trial" in r.data.tags]
-    assert sorted(runs) == sorted(names)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from commands.ui import check_host
-from mnist_dense.cli import PipelineError
-from mnist_dense.store import EXPERIMENT_TAGS
+from mnist_dense.errors import PipelineError
+from mnist_dense.tracking.store import EXPERIMENT_TAGS
 from tests.conftest import EXPERIMENTS, client_of, copy_of
 from tooling import browser
 from tooling.processes import ServiceError, free_port, port_free, wait_until

@@ -1,6 +1,7 @@
 """Running other programs: commands with their output captured, servers on 127.0.0.1 started,
 waited for and stopped, and the environment a child project runs in."""
 
+import ipaddress
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.errors import PipelineError
 
 
 class CommandError(PipelineError):
@@ -166,3 +167,13 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {path})"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only: localhost, or an address in 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False

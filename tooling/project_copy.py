@@ -3,7 +3,8 @@
 import shutil
 from pathlib import Path
 
-from mnist_dense.provenance import git
+from mnist_dense.tracking.provenance import git
+from tooling.processes import sh
 
 
 def project_files(root: Path) -> list[str]:
@@ -26,8 +27,16 @@ STAGES = ("preprocess", "train", "evaluate")  # what a re-run from scratch re-ma
 def rerun_from_scratch(folder: Path, env: dict) -> dict[str, str]:
     """Re-run STAGES in a copy of the project, ignoring DVC's run-cache; the hash of every
     output its dvc.lock then records (the raw data's too)."""
-    from mnist_dense.provenance import dvc_lock_outputs
+    from mnist_dense.tracking.provenance import dvc_lock_outputs
     from tooling.processes import sh
 
     sh("dvc", "repro", "--force", "--no-run-cache", "--single-item", *STAGES, cwd=folder, env=env)
     return dvc_lock_outputs(folder / "dvc.lock")
+
+
+def scratch_copy(root: Path, scratch: Path) -> None:
+    """The project's files (tracked or not ignored), its raw data, and a link to its cache."""
+    copy_project(root, scratch)
+    sh("git", "init", "-q", cwd=scratch)
+    sh("dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache"), cwd=scratch)
+    sh("dvc", "checkout", "--quiet", "download", cwd=scratch)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_dense.provenance import file_sha256 as sha256
+from mnist_dense.data.normalize import scale
+from mnist_dense.tracking.provenance import file_sha256 as sha256
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -61,3 +62,16 @@ def write_mnist(folder: Path, train_count: int = 300, test_count: int = 100) -> 
         write_idx(folder / images_name, images)
         write_idx(folder / labels_name, labels)
     return {name: sha256(folder / name) for names in FILES.values() for name in names}
+
+
+def write_processed(folder: Path, sizes: dict[str, int]) -> Path:
+    """Synthetic digits as preprocess leaves them, in `folder`: x_<part>.npy (float32, scaled
+    as every model reads them) and y_<part>.npy for each part of `sizes` ({"train": 512, ...}),
+    each part seeded by its name's length. The small trainings of bench/emulated_cpus.py read
+    them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, count in sizes.items():
+        images, labels = synthetic_digits(count, seed=len(part))
+        np.save(folder / f"x_{part}.npy", scale(images), allow_pickle=False)
+        np.save(folder / f"y_{part}.npy", labels, allow_pickle=False)
+    return folder

@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_dense.cli import PipelineError
+from mnist_dense.errors import PipelineError
 from mnist_dense.files import private_folder, write_private
 
 ROLES = ("release", "member")

@@ -1,0 +1,1 @@
+"""The network, its training loop and its augmentation."""

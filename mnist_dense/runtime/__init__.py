@@ -1,0 +1,1 @@
+"""The process a stage or command runs in: kernel path, quiet start-up, one-line errors."""
