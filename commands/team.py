@@ -52,6 +52,7 @@ from tooling.processes import (
     still_ours,
     stop_group,
     tool,
+    wait_ports_free,
     wait_until,
 )
 
@@ -437,6 +438,8 @@ def stop(name: str, stack: dict) -> str:
     pid = _pid(name)
     if pid is not None:
         stop_group(pid, STOP_TIMEOUT_S[name])
+        names = [*seaweedfs.PORTS, *seaweedfs.GRPC_PORTS] if name == "s3" else ["mlflow"]
+        wait_ports_free([stack["ports"][port] for port in names])
         state = "stopped"
     elif pid_file.exists():  # a reboot since, say: the number may be anyone's now
         state = f"not running (its pid file names no {PROGRAMS[name]} started here; left alone)"

@@ -172,7 +172,7 @@ def test_the_logged_model_is_served_over_http(project, model_server):
 def test_editing_the_served_model_reruns_evaluate_but_not_train(project):
     """Train depends only on training: the served model and the registry are evaluate's."""
     project, env = project
-    served = project / "mnist_dense" / "served_model.py"
+    served = project / "mnist_dense" / "serving" / "served_model.py"
     served.write_text(served.read_text() + "\n# an edit to predict-time code\n")
     changed = json.loads(sh(DVC, "status", "--json", cwd=project, env=env).stdout)
     assert "evaluate" in changed and "train" not in changed, changed

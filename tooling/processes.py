@@ -97,6 +97,16 @@ def stop_group(pid: int, timeout_s: float = 30) -> None:
             time.sleep(0.1)
 
 
+def wait_ports_free(ports: list[int], timeout_s: float = 10) -> None:
+    """Wait (up to `timeout_s`) until a stopped server's ports can be listened on again.
+    stop_group can return while they are still held: SeaweedFS's S3 port was still in use
+    when its group had counted as gone, 5 s after SIGTERM, on a loaded machine. Whoever
+    starts a server next still checks, and names a port that stays taken."""
+    deadline = time.monotonic() + timeout_s
+    while not all(port_free(port) for port in ports) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 PROC = Path("/proc")  # Linux's; macOS has none
 
 
