@@ -153,7 +153,7 @@ def _row_pixels(row: dict, name: str, how: Normalization) -> np.ndarray:
     raise DigitImageError(f"{name}: neither image nor pixels given")
 
 
-def example_image(pixels: np.ndarray) -> str:
+def example_image(pixels: np.ndarray | list[float]) -> str:
     """A test digit as a client would send it: base64 of a PNG, dark ink on white, 4x larger."""
     from PIL import Image
 
@@ -165,7 +165,7 @@ def example_image(pixels: np.ndarray) -> str:
 
 
 def log_served_model(
-    uri: str, run_id: str, keras_file: Path, example: np.ndarray, kernel_mode: str
+    uri: str, run_id: str, keras_file: Path, example: list[float], kernel_mode: str
 ) -> str:
     """Log the served model into run `run_id` as its model `model`, computing on
     `kernel_mode`'s path (train.kernels) wherever it is served; its logged-model id."""
